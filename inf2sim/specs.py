@@ -1,0 +1,301 @@
+"""Frozen specs of what is run: the model, the workload, the machine, the policy.
+
+Called by the config loader (`inf2sim.config`) after Hydra composes the YAML, and by
+anyone using the Python API directly. Units are in the field names: `*_gbps` is
+10^9 bytes/s, `*_tflops` 10^12 FLOP/s, `*_us` microseconds, `*_gb` 10^9 bytes,
+`*_bytes` bytes. No hardware number lives here: every value comes from
+`conf/hardware/*.yaml`, where each one carries its source.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+
+class SpecError(ValueError):
+    """Bad user input; the message is one line naming the field and what is allowed."""
+
+
+# --------------------------------------------------------------------------- model
+@dataclass(frozen=True)
+class ModelSpec:
+    """Transformer shape. `family` selects the block: opt (MHA, LayerNorm, ReLU FFN,
+    learned positions) or llama (GQA, RMSNorm, SwiGLU, RoPE); mixtral is llama + MoE."""
+
+    name: str = "opt-30b"
+    family: str = "opt"
+    num_layers: int = 48
+    hidden: int = 7168
+    num_heads: int = 56
+    num_kv_heads: int = 56
+    head_dim: int = 128
+    ffn_dim: int = 28672
+    vocab_size: int = 50272
+    max_positions: int = 2048
+    num_experts: int = 1
+    experts_top_k: int = 1
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    dtype_bytes: int = 2
+    checkpoint: Optional[str] = None
+
+    @property
+    def group_size(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
+    @property
+    def q_dim(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    def kv_bytes_per_token_layer(self) -> int:
+        """K and V of one token in one layer (all KV heads)."""
+        return 2 * self.kv_dim * self.dtype_bytes
+
+    def x_bytes_per_token_layer(self) -> int:
+        """The layer input X of one token (what the X-cache stores instead of K,V)."""
+        return self.hidden * self.dtype_bytes
+
+    def attn_weight_params(self) -> int:
+        return self.hidden * self.q_dim * 2 + self.hidden * self.kv_dim * 2
+
+    def mlp_weight_params(self) -> int:
+        per_expert = (2 if self.family == "opt" else 3) * self.hidden * self.ffn_dim
+        return per_expert * self.num_experts + (self.hidden * self.num_experts if self.num_experts > 1 else 0)
+
+    def layer_weight_bytes(self) -> int:
+        return (self.attn_weight_params() + self.mlp_weight_params()) * self.dtype_bytes
+
+    def active_mlp_params(self) -> int:
+        """MLP parameters touched per token (top-k experts for MoE)."""
+        per_expert = (2 if self.family == "opt" else 3) * self.hidden * self.ffn_dim
+        return per_expert * min(self.experts_top_k, self.num_experts)
+
+    def embed_bytes(self) -> int:
+        return self.vocab_size * self.hidden * self.dtype_bytes
+
+
+# ------------------------------------------------------------------------ workload
+@dataclass(frozen=True)
+class Workload:
+    batch: int = 32
+    prompt_len: int = 512
+    gen_len: int = 32
+    num_micro_batches: int = 1
+    prompts: Optional[str] = None
+    seed: int = 0
+
+    @property
+    def micro_batch(self) -> int:
+        return self.batch // self.num_micro_batches
+
+
+# ------------------------------------------------------------------------ hardware
+@dataclass(frozen=True)
+class LinkSpec:
+    """One PCIe (or memory) link, per direction. `up` is towards the root complex."""
+
+    up_gbps: float = 0.0
+    down_gbps: float = 0.0
+    latency_us: float = 0.0
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    """An SSD: its PCIe link plus media read/write bandwidth over request size."""
+
+    link: LinkSpec = field(default_factory=LinkSpec)
+    req_kib: List[float] = field(default_factory=list)
+    read_gbps: List[float] = field(default_factory=list)
+    write_gbps: List[float] = field(default_factory=list)
+    capacity_gb: float = 0.0
+    endurance_pbw: float = 0.0
+    power_w: float = 0.0
+    price_usd: float = 0.0
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    name: str = "gpu"
+    memory_gb: float = 40.0
+    fp16_tflops: float = 0.0
+    fp32_tflops: float = 0.0
+    mem_gbps: float = 0.0
+    gemm_efficiency: float = 1.0
+    attention_efficiency: float = 1.0
+    launch_us: float = 0.0
+    link: LinkSpec = field(default_factory=LinkSpec)
+    power_w: float = 0.0
+    price_usd: float = 0.0
+
+
+@dataclass(frozen=True)
+class CpuSpec:
+    name: str = "cpu"
+    cores: int = 1
+    attention_gbps: float = 0.0
+    gemm_gflops: float = 0.0
+    op_overhead_us: float = 0.0
+    power_w: float = 0.0
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    memory_gb: float = 0.0
+    memory_budget_gb: float = 0.0
+    dram: LinkSpec = field(default_factory=LinkSpec)
+    ipc_us: float = 0.0
+    price_usd: float = 0.0
+    power_w: float = 0.0
+
+
+@dataclass(frozen=True)
+class FpgaSpec:
+    """Near-storage attention engine (HILOS block design) on a CSD."""
+
+    clock_mhz: float = 0.0
+    macs: int = 0
+    block_tokens: int = 128
+    pipeline_depth: int = 0
+    dram_gb: float = 0.0
+    power_w: float = 0.0
+    rate_gbps: float = 0.0  # if > 0: measured KV consumption rate, overrides the cycle model
+
+
+@dataclass(frozen=True)
+class ChassisSpec:
+    """PCIe expansion chassis: one uplink to the host, `ports` downstream ports."""
+
+    uplink: LinkSpec = field(default_factory=LinkSpec)
+    port: LinkSpec = field(default_factory=LinkSpec)
+    ports: int = 8
+    csds_per_port: int = 2
+    price_usd: float = 0.0
+
+
+@dataclass(frozen=True)
+class CsdSpec:
+    """A computational storage device: SSD and FPGA behind the card's own switch."""
+
+    host_link: LinkSpec = field(default_factory=LinkSpec)
+    internal_link: LinkSpec = field(default_factory=LinkSpec)
+    ssd: StorageSpec = field(default_factory=StorageSpec)
+    fpga: FpgaSpec = field(default_factory=FpgaSpec)
+    price_usd: float = 0.0
+    max_count: int = 16
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    name: str = "paper_a100"
+    gpu: GpuSpec = field(default_factory=GpuSpec)
+    cpu: CpuSpec = field(default_factory=CpuSpec)
+    host: HostSpec = field(default_factory=HostSpec)
+    ssd: StorageSpec = field(default_factory=StorageSpec)
+    ssd_count: int = 4
+    ssd_uplink: LinkSpec = field(default_factory=LinkSpec)
+    chassis: ChassisSpec = field(default_factory=ChassisSpec)
+    csd: CsdSpec = field(default_factory=CsdSpec)
+    csd_count: int = 16
+    has_gpu: bool = True
+    notes: str = ""
+
+
+# -------------------------------------------------------------------------- policy
+@dataclass(frozen=True)
+class WeightPlacement:
+    """Fractions of each layer's weights resident on GPU / host DRAM / storage."""
+
+    gpu: float = 0.0
+    host: float = 1.0
+    storage: float = 0.0
+
+
+@dataclass(frozen=True)
+class WriteBack:
+    c: int = 1
+    variant: str = "v1"
+
+
+@dataclass(frozen=True)
+class XCache:
+    alpha: Any = 0.0  # a number in [0,1], "auto" or "budget"
+    where: str = "host"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How a run is scheduled. `name` picks the registered plan builder; the rest
+    are knobs that builders read (unused knobs are ignored by a builder)."""
+
+    name: str = "ans"
+    weights: WeightPlacement = field(default_factory=WeightPlacement)
+    kv_on: str = "csd"  # gpu | host | ssd | csd
+    attention_on: str = "csd"  # gpu | cpu | csd
+    partition: str = "rows"  # rows | sequence
+    wb: WriteBack = field(default_factory=WriteBack)
+    xcache: XCache = field(default_factory=XCache)
+    prefetch_weights: bool = True
+    params: Dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------- simulator
+@dataclass(frozen=True)
+class SimOptions:
+    fidelity: str = "full"  # full | fast
+    sample_steps: int = 6
+    trace: bool = True
+
+
+def check_choice(field_name: str, value: Any, allowed) -> None:
+    if value not in allowed:
+        raise SpecError(f"{field_name}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
+
+
+def check_positive(field_name: str, value, allow_zero: bool = False) -> None:
+    if value is None or (value < 0 if allow_zero else value <= 0):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise SpecError(f"{field_name}={value!r} is not allowed; it must be {bound}")
+
+
+def validate(model: ModelSpec, workload: Workload, hw: HardwareProfile, policy: Policy) -> None:
+    """Cross-field checks that a schema cannot express. Raises SpecError (one line)."""
+    check_choice("model.family", model.family, ("opt", "llama", "mixtral"))
+    for f in ("num_layers", "hidden", "num_heads", "num_kv_heads", "head_dim", "ffn_dim", "vocab_size"):
+        check_positive(f"model.{f}", getattr(model, f))
+    if model.num_heads % model.num_kv_heads:
+        raise SpecError(f"model.num_kv_heads={model.num_kv_heads} must divide model.num_heads={model.num_heads}")
+    for f in ("batch", "gen_len", "num_micro_batches"):
+        check_positive(f"workload.{f}", getattr(workload, f))
+    check_positive("workload.prompt_len", workload.prompt_len)
+    if workload.batch % workload.num_micro_batches:
+        raise SpecError(f"workload.num_micro_batches={workload.num_micro_batches} must divide workload.batch={workload.batch}")
+    check_positive("hardware.ssd_count", hw.ssd_count, allow_zero=True)
+    check_positive("hardware.csd_count", hw.csd_count, allow_zero=True)
+    if hw.csd_count > hw.csd.max_count:
+        raise SpecError(f"hardware.csd_count={hw.csd_count} is not allowed; this profile holds 0..{hw.csd.max_count}")
+    check_choice("policy.kv_on", policy.kv_on, ("gpu", "host", "ssd", "csd"))
+    check_choice("policy.attention_on", policy.attention_on, ("gpu", "cpu", "csd"))
+    check_choice("policy.partition", policy.partition, ("rows", "sequence"))
+    check_choice("policy.wb.variant", policy.wb.variant, ("v1", "v2"))
+    check_positive("policy.wb.c", policy.wb.c)
+    check_choice("policy.xcache.where", policy.xcache.where, ("host", "ssd"))
+    a = policy.xcache.alpha
+    if not (a in ("auto", "budget") or (isinstance(a, (int, float)) and 0.0 <= float(a) <= 1.0)):
+        raise SpecError(f"policy.xcache.alpha={a!r} is not allowed; use a number in [0, 1], 'auto' or 'budget'")
+    w = policy.weights
+    for f in ("gpu", "host", "storage"):
+        if not 0.0 <= getattr(w, f) <= 1.0:
+            raise SpecError(f"policy.weights.{f}={getattr(w, f)!r} is not allowed; it must be in [0, 1]")
+    if abs(w.gpu + w.host + w.storage - 1.0) > 1e-6:
+        raise SpecError(f"policy.weights fractions must sum to 1 (gpu={w.gpu} host={w.host} storage={w.storage})")
+    if policy.kv_on == "csd" and hw.csd_count < 1:
+        raise SpecError(f"hardware.csd_count={hw.csd_count} is not allowed with policy {policy.name} (kv_on=csd); use 1..{hw.csd.max_count}")
+    if policy.kv_on == "ssd" and hw.ssd_count < 1:
+        raise SpecError(f"hardware.ssd_count={hw.ssd_count} is not allowed with policy {policy.name} (kv_on=ssd); use >= 1")
+    if policy.attention_on == "gpu" and not hw.has_gpu and policy.kv_on == "gpu":
+        raise SpecError(f"policy.kv_on=gpu needs a GPU but hardware {hw.name} has none")
