@@ -1,0 +1,143 @@
+"""The machine as a PCIe tree built from a `HardwareProfile`.
+
+Called by the DES (`inf2sim.des`) to route flows and by the analytic bound
+(`inf2sim.cost`) to count bytes per link. Pure data: every bandwidth comes from
+the profile (conf/hardware/*.yaml); this module only says how parts connect.
+
+Every node except the root has exactly one link to its parent, named after the
+node. A link has an `up` direction (towards the root complex `rc`) and a `down`
+direction. Storage media are modelled as a leaf `X.nand` whose link to the
+controller node `X` carries the SSD's read (up) / write (down) curve over
+request size; so a CSD's P2P read `csd3.nand -> csd3.fpga` crosses only
+`csd3.nand` (up), `csd3.fpga` (down) and never the host link `csd3`.
+
+Tree (names):
+    rc ─ dram                          host memory (its bandwidth as a link)
+       ─ gpu                           GPU on its root port
+       ─ ssd_sw ─ ssd{i} ─ ssd{i}.nand conventional SSDs (RAID0 through the host)
+       ─ chassis ─ port{j} ─ csd{i} ─ csd{i}.nand   (CSD flash)
+                                   ─ csd{i}.fpga   (FPGA DRAM, the compute device)
+Memory endpoints for transfers: dram, gpu, ssd{i} (its media), csd{i}.ssd (its
+media), csd{i}.fpga. `endpoint_node` maps them to tree nodes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .specs import HardwareProfile, LinkSpec, StorageSpec
+
+
+@dataclass(frozen=True)
+class Link:
+    name: str
+    up_gbps: float
+    down_gbps: float
+    latency_us: float = 0.0
+    # media links: bandwidth over request size (bytes), per direction
+    curve_req_bytes: Tuple[float, ...] = ()
+    curve_up_gbps: Tuple[float, ...] = ()
+    curve_down_gbps: Tuple[float, ...] = ()
+
+    @property
+    def is_media(self) -> bool:
+        return bool(self.curve_req_bytes)
+
+    def gbps(self, direction: str, req_bytes: float = 0.0) -> float:
+        """Capacity in one direction; for media links at a request size (bytes),
+        interpolated in log(request size) and clamped at the curve's ends."""
+        if not self.is_media:
+            return self.up_gbps if direction == "up" else self.down_gbps
+        ys = self.curve_up_gbps if direction == "up" else self.curve_down_gbps
+        if req_bytes <= 0:
+            return float(ys[-1])
+        return float(np.interp(np.log(req_bytes), np.log(self.curve_req_bytes), ys))
+
+
+@dataclass
+class Topology:
+    """A tree: parent[node] and the link from node to its parent (named `node`)."""
+
+    parent: Dict[str, Optional[str]] = field(default_factory=dict)
+    links: Dict[str, Link] = field(default_factory=dict)
+    _paths: Dict[Tuple[str, str], Tuple[Tuple[str, str], ...]] = field(default_factory=dict, repr=False)
+
+    def add(self, node: str, parent: Optional[str], link: Optional[Link] = None) -> None:
+        self.parent[node] = parent
+        if parent is not None:
+            assert link is not None and link.name == node
+            self.links[node] = link
+
+    def ancestors(self, node: str) -> List[str]:
+        out = [node]
+        while self.parent[out[-1]] is not None:
+            out.append(self.parent[out[-1]])  # type: ignore[arg-type]
+        return out
+
+    def path(self, src: str, dst: str) -> Tuple[Tuple[str, str], ...]:
+        """(link name, direction) pairs a flow from node src to node dst crosses."""
+        key = (src, dst)
+        if key not in self._paths:
+            if src not in self.parent or dst not in self.parent:
+                raise KeyError(f"unknown node {src if src not in self.parent else dst}")
+            a, b = self.ancestors(src), self.ancestors(dst)
+            common = next(n for n in a if n in set(b))
+            up = [(n, "up") for n in a[: a.index(common)]]
+            down = [(n, "down") for n in reversed(b[: b.index(common)])]
+            self._paths[key] = tuple(up + down)
+        return self._paths[key]
+
+    def latency_s(self, src: str, dst: str) -> float:
+        return sum(self.links[l].latency_us for l, _ in self.path(src, dst)) * 1e-6
+
+
+def _link(name: str, spec: LinkSpec) -> Link:
+    return Link(name, spec.up_gbps, spec.down_gbps, spec.latency_us)
+
+
+def _media(name: str, s: StorageSpec) -> Link:
+    if not (len(s.req_kib) == len(s.read_gbps) == len(s.write_gbps)) or not s.req_kib:
+        raise ValueError(f"storage curve for {name}: req_kib, read_gbps, write_gbps must be non-empty and equally long")
+    return Link(
+        name,
+        max(s.read_gbps),
+        max(s.write_gbps),
+        0.0,
+        tuple(k * 1024.0 for k in s.req_kib),
+        tuple(float(x) for x in s.read_gbps),
+        tuple(float(x) for x in s.write_gbps),
+    )
+
+
+def endpoint_node(endpoint: str) -> str:
+    """Map a plan memory endpoint to the tree node a flow starts/ends at."""
+    if endpoint.endswith(".ssd"):
+        return endpoint[: -len(".ssd")] + ".nand"
+    if endpoint.startswith("ssd") and "." not in endpoint and endpoint != "ssd_sw":
+        return endpoint + ".nand"
+    return endpoint
+
+
+def build_topology(hw: HardwareProfile) -> Topology:
+    t = Topology()
+    t.add("rc", None)
+    t.add("dram", "rc", _link("dram", hw.host.dram))
+    t.add("gpu", "rc", _link("gpu", hw.gpu.link))
+    if hw.ssd_count > 0:
+        t.add("ssd_sw", "rc", _link("ssd_sw", hw.ssd_uplink))
+        for i in range(hw.ssd_count):
+            t.add(f"ssd{i}", "ssd_sw", _link(f"ssd{i}", hw.ssd.link))
+            t.add(f"ssd{i}.nand", f"ssd{i}", _media(f"ssd{i}.nand", hw.ssd))
+    if hw.csd_count > 0:
+        ch = hw.chassis
+        t.add("chassis", "rc", _link("chassis", ch.uplink))
+        for i in range(hw.csd_count):
+            port = f"port{i // ch.csds_per_port}"
+            if port not in t.parent:
+                t.add(port, "chassis", _link(port, ch.port))
+            t.add(f"csd{i}", port, _link(f"csd{i}", hw.csd.host_link))
+            t.add(f"csd{i}.nand", f"csd{i}", _media(f"csd{i}.nand", hw.csd.ssd))
+            t.add(f"csd{i}.fpga", f"csd{i}", _link(f"csd{i}.fpga", hw.csd.internal_link))
+    return t
