@@ -24,9 +24,17 @@ def _group_names(group: str):
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
+def _writable(node: Any) -> None:
+    """Frozen dataclasses make read-only nodes; merging user data needs them writable."""
+    if isinstance(node, DictConfig):
+        node._set_flag("readonly", None)
+        for k in node.keys():
+            _writable(node._get_node(k))
+
+
 def _to_spec(schema_cls, data: Any, prefix: str):
     schema = OmegaConf.structured(schema_cls)
-    OmegaConf.set_readonly(schema, False)
+    _writable(schema)
     try:
         merged = OmegaConf.merge(schema, data if data is not None else {})
         return OmegaConf.to_object(merged)

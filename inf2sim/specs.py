@@ -293,9 +293,5 @@ def validate(model: ModelSpec, workload: Workload, hw: HardwareProfile, policy: 
             raise SpecError(f"policy.weights.{f}={getattr(w, f)!r} is not allowed; it must be in [0, 1]")
     if abs(w.gpu + w.host + w.storage - 1.0) > 1e-6:
         raise SpecError(f"policy.weights fractions must sum to 1 (gpu={w.gpu} host={w.host} storage={w.storage})")
-    if policy.kv_on == "csd" and hw.csd_count < 1:
-        raise SpecError(f"hardware.csd_count={hw.csd_count} is not allowed with policy {policy.name} (kv_on=csd); use 1..{hw.csd.max_count}")
-    if policy.kv_on == "ssd" and hw.ssd_count < 1:
-        raise SpecError(f"hardware.ssd_count={hw.ssd_count} is not allowed with policy {policy.name} (kv_on=ssd); use >= 1")
     if policy.attention_on == "gpu" and not hw.has_gpu and policy.kv_on == "gpu":
         raise SpecError(f"policy.kv_on=gpu needs a GPU but hardware {hw.name} has none")

@@ -1,0 +1,154 @@
+"""Service times of single ops on an idle resource, shared by the DES and the bound.
+
+Called by `inf2sim.des.devices` (how long a compute device is busy with one op)
+and by the analytic bound `inf2sim.cost` (the same numbers, with no contention),
+so the two cannot drift apart. Pure: stdlib and numpy only, no simpy.
+
+Every hardware number comes from the `HardwareProfile` (conf/hardware/*.yaml);
+this module only says which numbers combine how. Units: seconds out; bytes and
+FLOP in; `*_gbps` = 1e9 B/s, `*_tflops` = 1e12 FLOP/s, `*_gflops` = 1e9 FLOP/s,
+`*_us` = 1e-6 s.
+
+Compute devices (plan names): `gpu`, `cpu`, `csd{i}.fpga`.
+  gpu  DenseCompute  max(flops / (peak * gemm_efficiency), nbytes / mem_bw) + launch
+       Attention     max(flops / (peak * gemm_efficiency),
+                         kv_bytes / (mem_bw * attention_efficiency)) + launch
+  cpu  DenseCompute  flops / gemm_gflops + op_overhead
+       Attention     kv_bytes / attention_gbps + op_overhead
+  fpga Attention     inf2sim.accel.attention_seconds(...) + host ipc round trip
+where `peak` is fp16_tflops for 2-byte dtypes and fp32_tflops for 4-byte ones.
+"""
+from __future__ import annotations
+
+import math
+from typing import Union
+
+from .plan import Attention, DenseCompute
+from .specs import FpgaSpec, HardwareProfile
+from .topology import Topology, endpoint_node
+
+ComputeOp = Union[DenseCompute, Attention]
+
+
+def _positive(value: float, what: str, hw: HardwareProfile) -> float:
+    if not value or value <= 0:
+        raise ValueError(f"hardware {hw.name}: {what} is {value!r}; it must be > 0 to time this op")
+    return float(value)
+
+
+def is_fpga(device: str) -> bool:
+    return device.startswith("csd") and device.endswith(".fpga")
+
+
+def ipc_s(device: str, hw: HardwareProfile) -> float:
+    """Fixed cost of issuing one op to `device`, whatever its size: GPU kernel
+    launches, the CPU's per-call overhead, the host<->CSD command round trip."""
+    if device == "gpu":
+        return hw.gpu.launch_us * 1e-6
+    if device == "cpu":
+        return hw.cpu.op_overhead_us * 1e-6
+    if is_fpga(device):
+        return hw.host.ipc_us * 1e-6
+    raise ValueError(f"unknown compute device {device!r}; use gpu, cpu or csd<i>.fpga")
+
+
+def attention_shape(op: Attention) -> tuple[int, int, int]:
+    """(rows, ctx_len, n_tail): KV rows, positions attended, and how many of those
+    are the host buffer's tail shipped with the query (not read from storage)."""
+    rows = op.rows[1] - op.rows[0]
+    ctx_len = op.tokens[1] - op.tokens[0]
+    return rows, ctx_len, max(ctx_len - op.stored_len, 0)
+
+
+def attention_flops(op: Attention) -> float:
+    """op.flops, or when the scheduler left it 0: q·Kᵀ and P·V, 2 FLOP per MAC."""
+    if op.flops > 0:
+        return float(op.flops)
+    rows, ctx_len, _ = attention_shape(op)
+    return 4.0 * rows * op.group * op.q_len * ctx_len * op.head_dim
+
+
+def attention_kv_bytes(op: Attention, dtype_bytes: int = 2) -> int:
+    """op.kv_bytes, or when left 0: K and V of every attended position of every row."""
+    if op.kv_bytes > 0:
+        return op.kv_bytes
+    rows, ctx_len, _ = attention_shape(op)
+    return 2 * rows * ctx_len * op.head_dim * dtype_bytes
+
+
+def _gpu_peak_flops(hw: HardwareProfile, dtype_bytes: int) -> float:
+    if dtype_bytes <= 2:
+        return _positive(hw.gpu.fp16_tflops, "gpu.fp16_tflops", hw) * 1e12
+    return _positive(hw.gpu.fp32_tflops, "gpu.fp32_tflops", hw) * 1e12
+
+
+def _fallback_fpga_attention_seconds(
+    fpga: FpgaSpec, rows: int, ctx_len: int, group: int, head_dim: int, n_tail: int = 0
+) -> float:
+    """TEMPORARY stand-in for `inf2sim.accel.attention_seconds`, used only while
+    that module does not exist yet. A plain cycle count: q·Kᵀ and P·V take
+    head_dim MACs per (query head, position) each, on `macs * group` MAC units,
+    plus a pipeline fill/drain per 128-token block and pass. Delete once accel lands."""
+    if fpga.rate_gbps > 0:
+        return 2.0 * rows * ctx_len * head_dim * 2 / (fpga.rate_gbps * 1e9)
+    if fpga.clock_mhz <= 0 or fpga.macs <= 0:
+        raise ValueError("csd.fpga: clock_mhz and macs must be > 0 (or rate_gbps > 0) to time attention")
+    macs = 2.0 * rows * group * ctx_len * head_dim
+    blocks = rows * math.ceil(ctx_len / max(fpga.block_tokens, 1))
+    cycles = macs / (fpga.macs * group) + 2 * blocks * fpga.pipeline_depth
+    return cycles / (fpga.clock_mhz * 1e6)
+
+
+def _fpga_attention_seconds(op: Attention, hw: HardwareProfile) -> float:
+    rows, ctx_len, n_tail = attention_shape(op)
+    try:
+        from .accel import attention_seconds  # the kernel's own performance model
+    except ImportError:
+        # inf2sim.accel is being written concurrently; until it exists use the
+        # clearly temporary cycle count above so the DES is usable meanwhile.
+        attention_seconds = _fallback_fpga_attention_seconds
+    return attention_seconds(hw.csd.fpga, rows, ctx_len, op.group, op.head_dim, n_tail)
+
+
+def work_seconds(op: ComputeOp, hw: HardwareProfile, dtype_bytes: int = 2) -> float:
+    """Service time of `op` on its device without the fixed per-op cost."""
+    dev = op.device
+    if isinstance(op, DenseCompute):
+        if dev == "gpu":
+            t_flops = op.flops / (_gpu_peak_flops(hw, dtype_bytes) * hw.gpu.gemm_efficiency)
+            t_mem = op.nbytes / (_positive(hw.gpu.mem_gbps, "gpu.mem_gbps", hw) * 1e9)
+            return max(t_flops, t_mem)
+        if dev == "cpu":
+            return op.flops / (_positive(hw.cpu.gemm_gflops, "cpu.gemm_gflops", hw) * 1e9)
+        raise ValueError(f"op {op.name}: DenseCompute runs on gpu or cpu, not {dev!r}")
+    if isinstance(op, Attention):
+        if dev == "gpu":
+            t_flops = attention_flops(op) / (_gpu_peak_flops(hw, dtype_bytes) * hw.gpu.gemm_efficiency)
+            mem_Bps = _positive(hw.gpu.mem_gbps, "gpu.mem_gbps", hw) * 1e9 * hw.gpu.attention_efficiency
+            return max(t_flops, attention_kv_bytes(op, dtype_bytes) / mem_Bps)
+        if dev == "cpu":
+            cpu_Bps = _positive(hw.cpu.attention_gbps, "cpu.attention_gbps", hw) * 1e9
+            return attention_kv_bytes(op, dtype_bytes) / cpu_Bps
+        if is_fpga(dev):
+            return _fpga_attention_seconds(op, hw)
+        raise ValueError(f"op {op.name}: unknown compute device {dev!r}; use gpu, cpu or csd<i>.fpga")
+    raise TypeError(f"op {getattr(op, 'name', op)!r} of kind {type(op).__name__} is not a compute op")
+
+
+def compute_seconds(op: ComputeOp, hw: HardwareProfile, dtype_bytes: int = 2) -> float:
+    """Seconds `op` (DenseCompute or Attention) occupies its device when alone."""
+    return work_seconds(op, hw, dtype_bytes) + ipc_s(op.device, hw)
+
+
+def transfer_seconds_alone(topo: Topology, src: str, dst: str, nbytes: int, req_bytes: int = 0) -> float:
+    """Seconds to move `nbytes` from endpoint `src` to `dst` with nothing else on
+    the path: the bottleneck (link, direction) at this request size, plus the
+    summed latency of the path's links. What the DES gives a lone flow."""
+    a, b = endpoint_node(src), endpoint_node(dst)
+    if a == b or nbytes <= 0:
+        return 0.0
+    path = topo.path(a, b)
+    gbps = min(topo.links[name].gbps(d, req_bytes) for name, d in path)
+    if gbps <= 0:
+        raise ValueError(f"path {src}->{dst} crosses a link with no bandwidth")
+    return nbytes / (gbps * 1e9) + topo.latency_s(a, b)
