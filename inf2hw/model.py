@@ -114,11 +114,17 @@ OPT_POS_OFFSET = 2  # OPT's learned positions are indexed with position + 2 (fai
 def init_random(spec: ModelSpec, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu") -> Weights:
     """Seeded random weights, drawn in fp32 on the CPU then cast (same values on any device).
 
-    Embeddings and lm_head: N(0, 0.02) as HF init. Linear weights: N(0, 1/fan_in), so
-    every block changes the residual stream as much as the embedding does; with
-    HF's 0.02 everywhere the residual stays the token's own embedding and greedy
-    decoding (tied head) just repeats the last token. Norm scales 1 + N(0, 0.1) and
-    biases N(0, 0.02) are non-trivial so a mis-mapped weight cannot hide.
+    Chosen so greedy decoding gives varied tokens (checked: ~all distinct over 32
+    steps for opt-125m and llama-tiny), which a test of exact token equality needs:
+    * embeddings and lm_head N(0, 0.02) as HF init;
+    * linear weights N(0, 1/fan_in), so blocks move the residual stream (with HF's
+      0.02 everywhere the residual stays the token's own embedding);
+    * attention out proj 4x smaller: otherwise the context average dominates the
+      residual and greedy decoding settles on one repeated token;
+    * OPT fc2 rows zero-mean over the ffn axis, so ReLU's positive mean adds no
+      fixed direction that picks the same argmax for every input;
+    * norm scales 1 + N(0, 0.1) and OPT biases N(0, 0.02), non-trivial so a
+      mis-mapped weight cannot hide in a comparison against Hugging Face.
     """
     g = torch.Generator().manual_seed(seed)
     opt, moe = spec.family == "opt", spec.family == "mixtral"
@@ -127,9 +133,10 @@ def init_random(spec: ModelSpec, seed: int = 0, dtype: torch.dtype = torch.float
     def randn(*shape, std):
         return (torch.randn(*shape, generator=g) * std).to(device=device, dtype=dtype)
 
-    def lin(out_f, in_f, experts=None):
+    def lin(out_f, in_f, experts=None, gain=1.0, centered=False):
         shape = (experts, out_f, in_f) if experts else (out_f, in_f)
-        return randn(*shape, std=1.0 / math.sqrt(in_f))
+        t = torch.randn(*shape, generator=g) * (gain / math.sqrt(in_f))
+        return (t - t.mean(-1, keepdim=True) if centered else t).to(device=device, dtype=dtype)
 
     def norm():
         return randn(H, std=0.1) + 1.0
@@ -142,8 +149,8 @@ def init_random(spec: ModelSpec, seed: int = 0, dtype: torch.dtype = torch.float
         ex = E if moe else None
         layers.append(LayerWeights(
             attn_norm=norm(), wq=lin(spec.q_dim, H), wk=lin(spec.kv_dim, H), wv=lin(spec.kv_dim, H),
-            wo=lin(H, spec.q_dim), ffn_norm=norm(),
-            w_up=lin(F_, H, ex), w_down=lin(H, F_, ex), w_gate=None if opt else lin(F_, H, ex),
+            wo=lin(H, spec.q_dim, gain=0.25), ffn_norm=norm(),
+            w_up=lin(F_, H, ex), w_down=lin(H, F_, ex, centered=opt), w_gate=None if opt else lin(F_, H, ex),
             router=lin(E, H) if moe else None,
             attn_norm_b=bias(H), bq=bias(spec.q_dim), bk=bias(spec.kv_dim), bv=bias(spec.kv_dim),
             bo=bias(H), ffn_norm_b=bias(H), b_up=bias(F_), b_down=bias(H)))

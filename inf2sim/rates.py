@@ -112,7 +112,7 @@ def _fpga_attention_seconds(op: Attention, hw: HardwareProfile) -> float:
 
 def work_seconds(op: ComputeOp, hw: HardwareProfile, dtype_bytes: int = 2) -> float:
     """Service time of `op` on its device without the fixed per-op cost."""
-    dev = op.device
+    dev = getattr(op, "device", None)
     if isinstance(op, DenseCompute):
         if dev == "gpu":
             t_flops = op.flops / (_gpu_peak_flops(hw, dtype_bytes) * hw.gpu.gemm_efficiency)

@@ -247,8 +247,9 @@ class Policy:
 @dataclass(frozen=True)
 class SimOptions:
     fidelity: str = "full"  # full | fast
-    sample_steps: int = 6
+    sample_steps: int = 4
     trace: bool = True
+    trace_steps: int = 3  # steps written to trace.json (0 = prefill only, -1 = all)
 
 
 def check_choice(field_name: str, value: Any, allowed) -> None:

@@ -1,0 +1,196 @@
+"""FlowNetwork: exact simulated times in tiny hand-computable topologies.
+
+Link figures are GB/s (1e9 B/s); sizes are chosen so every answer is a round
+number of seconds that can be checked by hand.
+"""
+import pytest
+import simpy
+
+from inf2sim.des.flows import FlowNetwork
+from inf2sim.topology import Link, Topology
+
+GB = 1e9
+
+
+def link(name, up=0.0, down=0.0, latency_us=0.0):
+    return Link(name, up, down, latency_us)
+
+
+def run(topo, flows):
+    """flows: name -> (start_s, src, dst, nbytes, req_bytes). Returns name -> finish_s."""
+    env = simpy.Environment()
+    net = FlowNetwork(env, topo)
+    done = {}
+
+    def launch(name, src, dst, nbytes, req):
+        ev = net.start(src, dst, nbytes, req)
+        ev.callbacks.append(lambda _e: done.__setitem__(name, env.now))
+
+    for name, (t0, src, dst, nbytes, req) in flows.items():
+        if t0 == 0:
+            launch(name, src, dst, nbytes, req)
+        else:
+            env.timeout(t0).callbacks.append(lambda _e, a=(name, src, dst, nbytes, req): launch(*a))
+    env.run()
+    assert net.active == 0
+    return done, net
+
+
+def approx(x):
+    return pytest.approx(x, rel=1e-12, abs=1e-15)
+
+
+def one_link():
+    t = Topology()
+    t.add("rc", None)
+    t.add("a", "rc", link("a", up=1.0, down=2.0, latency_us=10.0))
+    return t
+
+
+def test_one_flow_takes_bytes_over_bandwidth_plus_latency():
+    done, net = run(one_link(), {"f": (0, "a", "rc", 3 * GB, 0), "g": (0, "rc", "a", 3 * GB, 0)})
+    assert done["f"] == approx(3.0 + 10e-6)  # up: 1 GB/s
+    assert done["g"] == approx(1.5 + 10e-6)  # down: 2 GB/s, a separate direction
+    assert net.bytes_by_link == {"a": 6 * GB}
+    assert net.bytes_by_dir == {("a", "up"): 3 * GB, ("a", "down"): 3 * GB}
+    assert net.busy_s()["a"] == approx(3.0)  # busy while any direction carries a flow
+
+
+def test_same_node_and_empty_flows_take_no_time():
+    done, _ = run(one_link(), {"same": (0, "a", "a", GB, 0), "empty": (0, "a", "rc", 0, 0)})
+    assert done == {"same": 0.0, "empty": 0.0}
+
+
+def test_two_flows_share_a_link_then_the_survivor_speeds_up():
+    t = Topology()
+    t.add("rc", None)
+    t.add("a", "rc", link("a", up=1.0))
+    # f alone for 1 s (1 GB sent, 2 GB left); then 0.5 GB/s each: g's 1 GB ends at t=3,
+    # f has 1 GB left and finishes alone at 1 GB/s: t=4.
+    done, net = run(t, {"f": (0, "a", "rc", 3 * GB, 0), "g": (1, "a", "rc", 1 * GB, 0)})
+    assert done["g"] == approx(3.0)
+    assert done["f"] == approx(4.0)
+    assert net.busy_s()["a"] == approx(4.0)
+
+
+def test_three_bottlenecks_get_max_min_fair_rates():
+    # sw (10 GB/s up) is shared by flows from a (4), b (100), d (1).
+    # Max-min: f4 is held to 1 by d; f1, f2 split a's 4 -> 2 each; f3 gets the
+    # rest of sw: 10 - 1 - 2 - 2 = 5. Sizes make all four finish at t=1 exactly.
+    t = Topology()
+    t.add("rc", None)
+    t.add("sw", "rc", link("sw", up=10.0))
+    t.add("a", "sw", link("a", up=4.0))
+    t.add("b", "sw", link("b", up=100.0))
+    t.add("d", "sw", link("d", up=1.0))
+    flows = {
+        "f1": (0, "a", "rc", 2 * GB, 0),
+        "f2": (0, "a", "rc", 2 * GB, 0),
+        "f3": (0, "b", "rc", 10 * GB, 0),
+        "f4": (0, "d", "rc", 1 * GB, 0),
+    }
+    done, net = run(t, flows)
+    assert done["f1"] == approx(1.0) and done["f2"] == approx(1.0) and done["f4"] == approx(1.0)
+    # f3 sent 5 GB by t=1, then has sw to itself (10 GB/s): 5 GB more in 0.5 s.
+    assert done["f3"] == approx(1.5)
+    assert net.bytes_by_link["sw"] == 15 * GB
+
+
+def raid0(n_ssds):
+    t = Topology()
+    t.add("rc", None)
+    t.add("dram", "rc", link("dram", up=400.0, down=400.0))
+    t.add("ssd_sw", "rc", link("ssd_sw", up=25.0, down=25.0))
+    for i in range(n_ssds):
+        t.add(f"ssd{i}", "ssd_sw", link(f"ssd{i}", up=7.0, down=7.0))
+        t.add(f"ssd{i}.nand", f"ssd{i}", Link(f"ssd{i}.nand", 6.9, 4.1, 0.0, (4096.0, 1 << 30), (6.9, 6.9), (4.1, 4.1)))
+    return t
+
+
+def test_raid0_scales_linearly_then_saturates_at_the_uplink():
+    stripe = 6.9 * GB  # one second of one drive
+    throughput = []
+    for n in range(1, 9):
+        flows = {f"r{i}": (0, f"ssd{i}.nand", "dram", stripe, 1 << 20) for i in range(n)}
+        done, _ = run(raid0(n), flows)
+        end = max(done.values())
+        throughput.append(n * stripe / end / GB)
+    for n, gbps in enumerate(throughput, start=1):
+        assert gbps == pytest.approx(min(6.9 * n, 25.0), rel=1e-9)
+    assert throughput[:3] == pytest.approx([6.9, 13.8, 20.7])
+    assert throughput[3:] == pytest.approx([25.0] * 5)
+
+
+def media():
+    t = Topology()
+    t.add("rc", None)
+    t.add("x", "rc", link("x", up=100.0, down=100.0))
+    # read 1 GB/s at 4 KiB, 3 GB/s at 1 MiB; interpolated in log(request size).
+    t.add("x.nand", "x", Link("x.nand", 3.0, 3.0, 0.0, (4096.0, 1048576.0), (1.0, 3.0), (1.0, 3.0)))
+    return t
+
+
+def test_media_link_rate_follows_the_request_size_curve():
+    done, _ = run(media(), {"small": (0, "x.nand", "rc", GB, 4096)})
+    assert done["small"] == approx(1.0)
+    done, _ = run(media(), {"big": (0, "x.nand", "rc", 3 * GB, 1 << 20)})
+    assert done["big"] == approx(1.0)
+    done, _ = run(media(), {"mid": (0, "x.nand", "rc", 2 * GB, 64 * 1024)})  # log-midpoint: 2 GB/s
+    assert done["mid"] == approx(1.0)
+
+
+def test_media_link_shares_the_curve_at_the_largest_request():
+    # Capacity is the 1 MiB point (3 GB/s); the 4 KiB flow is capped at its own
+    # point (1 GB/s) and the 1 MiB flow takes the other 2. After `small` ends at
+    # t=1, `big` has 2 GB left at 3 GB/s.
+    done, _ = run(media(), {"big": (0, "x.nand", "rc", 4 * GB, 1 << 20), "small": (0, "x.nand", "rc", GB, 4096)})
+    assert done["small"] == approx(1.0)
+    assert done["big"] == approx(1.0 + 2.0 / 3.0)
+    # Two small-request flows share the 4 KiB point.
+    done, _ = run(media(), {"a": (0, "x.nand", "rc", GB, 4096), "b": (0, "x.nand", "rc", GB, 4096)})
+    assert done == {"a": approx(2.0), "b": approx(2.0)}
+
+
+def test_large_request_joining_speeds_up_a_small_request_stream():
+    # Two 4 KiB flows share 1 GB/s (0.5 each) until t=1; a 1 MiB flow joins and
+    # raises the drive's capacity to 3 GB/s: the small ones get their cap (1 each),
+    # the big one the remaining 1. Small: 0.5 GB left at 1 GB/s -> t=1.5.
+    flows = {
+        "a": (0, "x.nand", "rc", GB, 4096),
+        "b": (0, "x.nand", "rc", GB, 4096),
+        "big": (1, "x.nand", "rc", 2 * GB, 1 << 20),
+    }
+    done, _ = run(media(), flows)
+    assert done["a"] == approx(1.5) and done["b"] == approx(1.5)
+    # big: 0.5 GB by t=1.5, then alone at 3 GB/s: 1.5 GB in 0.5 s.
+    assert done["big"] == approx(2.0)
+
+
+def test_many_flows_at_one_instant_are_batched_and_exact():
+    t = Topology()
+    t.add("rc", None)
+    t.add("a", "rc", link("a", up=1.0))
+    flows = {f"f{i}": (0, "a", "rc", (i + 1) * 0.1 * GB, 0) for i in range(10)}
+    done, _ = run(t, flows)
+    # Equal shares; each ending hands its share to the rest: flow i ends when
+    # sum_{j<=i} size_j + (9 - i) * size_i bytes have crossed at 1 GB/s.
+    for i in range(10):
+        size_i = (i + 1) * 0.1
+        sent = sum((j + 1) * 0.1 for j in range(i + 1)) + (9 - i) * size_i
+        assert done[f"f{i}"] == pytest.approx(sent, rel=1e-9)
+
+
+def test_large_request_that_leaves_the_drive_slack_frees_the_small_streams():
+    # As above, but the big flow is held to 0.5 GB/s by its destination link: the
+    # drive (3 GB/s now) no longer limits anyone, so both small flows run at their
+    # own 1 GB/s cap from t=1: 0.5 GB left -> t=1.5.
+    t = media()
+    t.add("y", "rc", link("y", down=0.5))
+    flows = {
+        "a": (0, "x.nand", "rc", GB, 4096),
+        "b": (0, "x.nand", "rc", GB, 4096),
+        "big": (1, "x.nand", "y", GB, 1 << 20),
+    }
+    done, _ = run(t, flows)
+    assert done["a"] == approx(1.5) and done["b"] == approx(1.5)
+    assert done["big"] == approx(3.0)

@@ -1,0 +1,87 @@
+"""inf2sim.rates: roofline service times from a hand-written profile."""
+import pytest
+
+from inf2sim import rates
+from inf2sim.plan import Attention, DenseCompute, Transfer
+from inf2sim.specs import ChassisSpec, CpuSpec, CsdSpec, FpgaSpec, GpuSpec, HardwareProfile, HostSpec, LinkSpec, StorageSpec
+from inf2sim.topology import build_topology
+
+HW = HardwareProfile(
+    name="round",
+    gpu=GpuSpec(fp16_tflops=100, fp32_tflops=10, mem_gbps=1000, gemm_efficiency=0.5,
+                attention_efficiency=0.25, launch_us=10, link=LinkSpec(20, 10, 5)),
+    cpu=CpuSpec(attention_gbps=20, gemm_gflops=1000, op_overhead_us=50),
+    host=HostSpec(dram=LinkSpec(400, 400, 0), ipc_us=20),
+    ssd_count=0,
+    csd_count=2,
+    chassis=ChassisSpec(uplink=LinkSpec(16, 16, 1), port=LinkSpec(8, 8, 1), csds_per_port=2),
+    csd=CsdSpec(host_link=LinkSpec(4, 4, 1), internal_link=LinkSpec(4, 4, 1),
+                ssd=StorageSpec(req_kib=[4, 1024], read_gbps=[1, 2], write_gbps=[0.5, 1]),
+                fpga=FpgaSpec(clock_mhz=300, macs=128, block_tokens=128, pipeline_depth=40)),
+)
+
+
+def dense(device="gpu", flops=0.0, nbytes=0):
+    return DenseCompute("d", (), 0, 0, 0, "mlp", device=device, flops=flops, nbytes=nbytes)
+
+
+def attn(device, rows=(0, 4), tokens=(0, 1000), kv_bytes=0, flops=0.0, stored_len=1000, group=1):
+    return Attention("a", (), 1, 0, 0, "attn", device=device, rows=rows, tokens=tokens,
+                     stored_len=stored_len, group=group, head_dim=128, flops=flops, kv_bytes=kv_bytes)
+
+
+def test_gpu_dense_is_a_roofline_plus_launch():
+    # compute bound: 1e12 FLOP / (100e12 * 0.5) = 20 ms; memory 1e9 B / 1e12 B/s = 1 ms
+    assert rates.compute_seconds(dense(flops=1e12, nbytes=10**9), HW) == pytest.approx(0.020 + 10e-6)
+    # memory bound: 1e9 FLOP -> 20 us; 1e10 B -> 10 ms
+    assert rates.compute_seconds(dense(flops=1e9, nbytes=10**10), HW) == pytest.approx(0.010 + 10e-6)
+    # fp32 uses the fp32 peak: 1e12 / (10e12 * 0.5) = 0.2 s
+    assert rates.compute_seconds(dense(flops=1e12), HW, dtype_bytes=4) == pytest.approx(0.2 + 10e-6)
+
+
+def test_gpu_attention_reads_kv_at_the_attention_efficiency():
+    # 1e9 B / (1000e9 * 0.25) = 4 ms, above the FLOP time of 1e9 / 50e12
+    op = attn("gpu", kv_bytes=10**9, flops=1e9)
+    assert rates.compute_seconds(op, HW) == pytest.approx(0.004 + 10e-6)
+    # derived sizes when the scheduler leaves them 0: 4 rows x 1000 pos x 128 x 2 (K,V) x 2 B
+    assert rates.attention_kv_bytes(attn("gpu")) == 4 * 1000 * 128 * 2 * 2
+    assert rates.attention_flops(attn("gpu", group=2)) == 4.0 * 4 * 2 * 1000 * 128
+
+
+def test_cpu_times_attention_by_kv_scan_and_dense_by_gemm_rate():
+    assert rates.compute_seconds(attn("cpu", kv_bytes=2 * 10**9), HW) == pytest.approx(0.1 + 50e-6)
+    assert rates.compute_seconds(dense("cpu", flops=1e12), HW) == pytest.approx(1.0 + 50e-6)
+
+
+def test_fpga_attention_uses_the_kernel_model_plus_host_round_trip():
+    op = attn("csd1.fpga", tokens=(0, 1000), stored_len=990)
+    assert rates.attention_shape(op) == (4, 1000, 10)
+    try:
+        from inf2sim.accel import attention_seconds
+    except ImportError:
+        attention_seconds = rates._fallback_fpga_attention_seconds
+    expect = attention_seconds(HW.csd.fpga, 4, 1000, 1, 128, 10) + 20e-6
+    assert rates.compute_seconds(op, HW) == pytest.approx(expect)
+    assert rates.compute_seconds(op, HW) > rates.ipc_s("csd1.fpga", HW)
+
+
+def test_bad_ops_and_devices_are_rejected():
+    with pytest.raises(ValueError):
+        rates.compute_seconds(dense("csd0.fpga", flops=1.0), HW)
+    with pytest.raises(ValueError):
+        rates.compute_seconds(attn("tpu"), HW)
+    with pytest.raises(TypeError):
+        rates.compute_seconds(Transfer("t", (), 0, 0, 0, "kv", src="dram", dst="gpu", nbytes=1), HW)
+    no_gpu = HardwareProfile(name="nogpu")
+    with pytest.raises(ValueError, match="fp16_tflops"):
+        rates.compute_seconds(dense(flops=1.0), no_gpu)
+
+
+def test_transfer_alone_is_bottleneck_plus_path_latency():
+    topo = build_topology(HW)
+    # dram -> csd0.fpga: dram 400, chassis 16, port 8, csd0 4, fpga link 4 -> 4 GB/s;
+    # latency 0 + 1 + 1 + 1 + 1 us
+    assert rates.transfer_seconds_alone(topo, "dram", "csd0.fpga", 4 * 10**9) == pytest.approx(1.0 + 4e-6)
+    # P2P read at 4 KiB: the flash curve (1 GB/s) is the bottleneck; media latency 0
+    assert rates.transfer_seconds_alone(topo, "csd0.ssd", "csd0.fpga", 10**9, 4096) == pytest.approx(1.0 + 1e-6)
+    assert rates.transfer_seconds_alone(topo, "gpu", "gpu", 10**9) == 0.0
