@@ -99,3 +99,12 @@ extern "C" void inf2_attention_config(int out[6]) {
   out[5] = Cfg::kAccSlots;
 }
 #endif
+
+#ifdef INF2_TRIP_COUNTS
+// Trip counts per loop label since the last reset (make trips; used by tests/test_hls.py).
+extern "C" long inf2_trip_count(const char* label) {
+  const auto it = inf2::trip_counts().find(label);
+  return it == inf2::trip_counts().end() ? 0 : it->second;
+}
+extern "C" void inf2_trip_reset() { inf2::trip_counts().clear(); }
+#endif

@@ -62,6 +62,8 @@ def build_library(force: bool = False) -> str:
     if not force and not _stale(LIB_PATH):
         return LIB_PATH
     if shutil.which(os.environ.get("CXX", "g++")) is None:
+        if os.path.exists(LIB_PATH):
+            return LIB_PATH  # older than its sources, but nothing here can rebuild it
         raise HlsKernelError(f"hls_kernel: g++ not found; cannot build {LIB_PATH} (install g++ >= 12 or set INF2_HLS_LIB)")
     if shutil.which("make") is None:
         raise HlsKernelError(f"hls_kernel: make not found; cannot build {LIB_PATH}")
@@ -104,7 +106,7 @@ def _as_array(x, dtype, name: str, ndim: int) -> np.ndarray:
     if hasattr(x, "detach"):  # torch tensor
         if x.device.type != "cpu":
             raise HlsKernelError(f"hls_attention: {name} must be a CPU tensor, got device {x.device}")
-        x = x.detach().numpy() if x.dtype != _torch_dtype(dtype) else x.detach().contiguous().numpy()
+        x = x.detach().to(_torch_dtype(dtype)).contiguous().numpy()
     a = np.ascontiguousarray(x, dtype=dtype)
     if a.ndim != ndim:
         raise HlsKernelError(f"hls_attention: {name} must have {ndim} dims, got shape {a.shape}")

@@ -42,6 +42,7 @@ p1_qk_head:
     for (int i = 0; i < head_dim; ++i) {
 #pragma HLS PIPELINE II = 1
 #pragma HLS LOOP_TRIPCOUNT min = 64 max = 128
+      INF2_TRIP(p1_qk_dim);
       float col[B];
       skew_read_col<half, B>(kt, i, col);
       const float qi = qf[g][i];
@@ -52,6 +53,7 @@ p1_qk_head:
         acc[slot][t] = (i < S ? 0.0f : acc[slot][t]) + qi * col[t];
       }
     }
+    INF2_TRIP(p1_qk_mask);
   p1_qk_mask:
     for (int t = 0; t < B; ++t) {
 #pragma HLS UNROLL
@@ -77,6 +79,7 @@ p1_ts_head:
   p1_ts_tok:
     for (int t = 0; t < B; ++t) {
 #pragma HLS PIPELINE II = 1
+      INF2_TRIP(p1_ts_tok);
       s[g][t] = (t < n_tail) ? score_strm.read() : kMaskScore;
     }
   }
@@ -92,6 +95,7 @@ p1_sm_head:
   for (int g = 0; g < group; ++g) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = 8
     float bmax = kMaskScore;
+    INF2_TRIP(p1_sm_max);
   p1_sm_max:
     for (int t = 0; t < B; ++t) {
 #pragma HLS UNROLL
@@ -108,10 +112,12 @@ p1_sm_head:
   p1_sm_tok:
     for (int t = 0; t < B; ++t) {
 #pragma HLS PIPELINE II = 1
+      INF2_TRIP(p1_sm_tok);
       part[t % S] += attn_exp(s[g][t] - m_new);
       spill[g * B + t] = s[g][t];
     }
     float blk_sum = 0.0f;
+    INF2_TRIP(p1_sm_reduce);  // with the (m, l) update
   p1_sm_reduce:
     for (int j = 0; j < S; ++j) {
 #pragma HLS UNROLL
@@ -134,11 +140,13 @@ void pv_block(const half vbuf[C::kBlockTokens][C::kMaxHeadDim], const float* spi
 p2_pv_head:
   for (int g = 0; g < group; ++g) {
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = 8
+    INF2_TRIP(p2_pv_head);  // 1 / l
     const float inv_l = 1.0f / l[g];
   p2_pv_tok:
     for (int t = 0; t < n_valid; ++t) {
 #pragma HLS PIPELINE II = 1
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = 128
+      INF2_TRIP(p2_pv_tok);
       const float p = attn_exp(spill[g * B + t] - m[g]) * inv_l;
       const int slot = t % S;
     p2_pv_lane:
@@ -180,6 +188,7 @@ cp_q_head:
   for (int g = 0; g < group; ++g) {
 #pragma HLS PIPELINE II = 1
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = 8
+    INF2_TRIP(cp_q_head);
     const TokVec<C> qv = q_strm.read();
   cp_q_lane:
     for (int i = 0; i < D; ++i) {
@@ -191,6 +200,7 @@ cp_init:
   for (int x = 0; x < group * S; ++x) {
 #pragma HLS PIPELINE II = 1
 #pragma HLS LOOP_TRIPCOUNT min = 8 max = 64
+    INF2_TRIP(cp_init);
     const int g = x / S, j = x % S;
   cp_init_lane:
     for (int i = 0; i < D; ++i) {
@@ -215,6 +225,7 @@ p1_block:
       for (int t = 0; t < n_valid; ++t) {
 #pragma HLS PIPELINE II = 1
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = 128
+        INF2_TRIP(p1_kwrite);
         skew_write_row<half, B>(kt, t, tok_strm.read());
       }
       qk_block<C>(kt, qf, s, group, head_dim, n_valid, scale);
@@ -231,6 +242,7 @@ p2_block:
     for (int t = 0; t < n_valid; ++t) {
 #pragma HLS PIPELINE II = 1
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = 128
+      INF2_TRIP(p2_vwrite);
       const TokVec<C> vv = tok_strm.read();
     p2_vwrite_lane:
       for (int i = 0; i < D; ++i) {
@@ -245,6 +257,7 @@ cp_out_head:
   for (int g = 0; g < group; ++g) {
 #pragma HLS PIPELINE II = 1
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = 8
+    INF2_TRIP(cp_out_head);
     OutVec<C> o;
   cp_out_lane:
     for (int i = 0; i < D; ++i) {

@@ -17,6 +17,22 @@
 #include <cmath>
 #endif
 
+// Loop trip counting for tests/test_hls.py, which checks inf2sim/accel.py against the C++ loops:
+// built only with -DINF2_TRIP_COUNTS (make trips); otherwise INF2_TRIP(label) is nothing.
+#ifdef INF2_TRIP_COUNTS
+#include <map>
+#include <string>
+namespace inf2 {
+inline std::map<std::string, long>& trip_counts() {
+  static std::map<std::string, long> counts;
+  return counts;
+}
+}  // namespace inf2
+#define INF2_TRIP(label) (++::inf2::trip_counts()[#label])
+#else
+#define INF2_TRIP(label) ((void)0)
+#endif
+
 namespace inf2 {
 
 // The HILOS design point (REFERENCE.md, "HILOS accelerator"): 128-token KV blocks, one lane per

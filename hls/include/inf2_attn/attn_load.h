@@ -33,6 +33,7 @@ ld_beat:
   for (int b = 0; b < n_beats; ++b) {
 #pragma HLS PIPELINE II = 1
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = 512
+    INF2_TRIP(ld_beat);
   ld_lane:
     for (int w = 0; w < W; ++w) {
 #pragma HLS UNROLL
@@ -74,6 +75,7 @@ ld_pass1_block:
     for (int x = 0; x < group * n_tail; ++x) {
 #pragma HLS PIPELINE II = 1
 #pragma HLS LOOP_TRIPCOUNT min = 1 max = 1024
+      INF2_TRIP(ld_tscore);
       score_strm.write(ts[x]);
     }
   }

@@ -26,6 +26,7 @@ st_head:
     for (int b = 0; b < beats; ++b) {
 #pragma HLS PIPELINE II = 1
 #pragma HLS LOOP_TRIPCOUNT min = 4 max = 8
+      INF2_TRIP(st_beat);
     st_lane:
       for (int w = 0; w < W; ++w) {
 #pragma HLS UNROLL
@@ -33,6 +34,7 @@ st_head:
         if (i < head_dim) dst[i] = o[i];
       }
     }
+    INF2_TRIP(st_head);  // the lse word
     lse[(long)r * group + g] = lse_strm.read();
   }
 }

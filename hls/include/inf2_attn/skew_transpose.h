@@ -23,6 +23,7 @@ void skew_clear(T mem[N][N]) {
 skew_clear_addr:
   for (int a = 0; a < N; ++a) {
 #pragma HLS PIPELINE II = 1
+    INF2_TRIP(skew_clear_addr);
   skew_clear_bank:
     for (int b = 0; b < N; ++b) {
 #pragma HLS UNROLL
