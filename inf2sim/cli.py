@@ -34,7 +34,7 @@ def _precheck(argv: List[str]) -> List[str]:
         key, eq, val = a.partition("=")
         key = key.lstrip("+~")
         if eq and key in GROUPS:
-            names = sorted(p.stem for p in (CONF_DIR / key).glob("*.yaml"))
+            names = sorted(p.stem for p in (CONF_DIR / key).glob("*.yaml") if not p.stem.startswith("_"))
             for v in val.split(","):
                 if v and v not in names:
                     raise SpecError(f"{key}={v!r} is not known; choose one of {', '.join(names)}")

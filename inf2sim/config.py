@@ -21,7 +21,7 @@ CONF_DIR = Path(os.environ.get("INF2_CONF_DIR", Path(__file__).resolve().parent.
 
 
 def _group_names(group: str):
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def _writable(node: Any) -> None:
@@ -51,7 +51,8 @@ def load_group(group: str, name: str) -> DictConfig:
         raise SpecError(f"{group}={name!r} is not known; choose one of {', '.join(_group_names(group))}")
     cfg = OmegaConf.load(path)
     if "defaults" in cfg:
-        cfg.pop("defaults")
+        bases = [d for d in cfg.pop("defaults") if d != "_self_"]
+        cfg = OmegaConf.merge(*[OmegaConf.load(CONF_DIR / group / f"{b}.yaml") for b in bases], cfg)
     return cfg  # type: ignore[return-value]
 
 

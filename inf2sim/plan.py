@@ -93,9 +93,11 @@ class Attention(Op):
 
 @dataclass(frozen=True, slots=True)
 class Spill(Op):
-    """Delayed write-back: `nbytes` of buffered KV from host DRAM to storage node
+    """Write-back of new KV: `nbytes` from memory `src` (host DRAM for the delayed
+    write-back buffer; a CSD's FPGA when it writes what it was sent) to storage
     `dst` in requests of `req_bytes`, off the critical path."""
 
+    src: str = "dram"
     dst: str = ""
     nbytes: int = 0
     req_bytes: int = 0

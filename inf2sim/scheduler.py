@@ -188,7 +188,8 @@ class PlanBuilder:
     def _base_memory_needs(self, kv_gpu: float, kv_host: float, extra_host: float = 0.0) -> Dict[str, Tuple[float, float]]:
         md, wp, w = self.model, self.policy.weights, self.work
         weights = md.layer_weight_bytes() * md.num_layers
-        act = w.micro_batch * w.prompt_len * max(md.hidden, md.ffn_dim) * self.dt * 4
+        # activations: the prefill's peak for one sequence (a prefill larger than memory is run in chunks)
+        act = w.prompt_len * max(md.hidden, md.ffn_dim) * self.dt * 4
         gpu_need = weights * wp.gpu + 2 * md.layer_weight_bytes() * (wp.host + wp.storage) + md.embed_bytes() + act + kv_gpu
         host_need = weights * (wp.host + wp.storage) + kv_host + extra_host
         return {"gpu": (gpu_need, self.hw.gpu.memory_gb * 1e9), "host": (host_need, self.hw.host.memory_gb * 1e9)}

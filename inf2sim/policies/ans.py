@@ -131,7 +131,10 @@ class AnsBuilder(PlanBuilder):
         if lay.spills_after(s):
             for i in lay.spill_owner(lay.spill_chunk(s)):
                 r0, r1 = lay.csd_rows(i)
-                b.add(Spill, L, m, f"spill.csd{i}", "kv_new", [q_down], dst=f"csd{i}.ssd",
+                # plain ANS: the FPGA writes the k,v it was sent (card-internal path);
+                # write-back: the host buffer spills over the shared link
+                src, dep = (("dram", q_down) if self.write_back else (f"csd{i}.fpga", b.name(L, m, f"down.csd{i}")))
+                b.add(Spill, L, m, f"spill.csd{i}", "kv_new", [dep], src=src, dst=f"csd{i}.ssd",
                       nbytes=self._kv(r1 - r0, self.c), req_bytes=self.c * d * dt, rows=(r0, r1),
                       tokens=(ctx - self.c, ctx))
         deps = list(ups)
