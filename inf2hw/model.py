@@ -40,8 +40,9 @@ class _TensorGroup:
 
     def _map(self, fn):
         done = {}  # keeps tied tensors tied (lm_head is embed)
-        for name, t in self.tensors().items():
-            done.setdefault(id(t), fn(t))
+        for t in self.tensors().values():
+            if id(t) not in done:
+                done[id(t)] = fn(t)
         kw = {n: done[id(t)] for n, t in self.tensors().items()}
         return type(self)(**{**{f.name: getattr(self, f.name) for f in fields(self)}, **kw})
 
@@ -312,12 +313,17 @@ def to_hf_model(spec: ModelSpec, weights: Weights):
     if spec.family != "opt" and not hasattr(config, "rope_parameters"):
         config.rope_theta = spec.rope_theta  # transformers < 5
     config._attn_implementation = "eager"
-    model = cls[1](config).float().eval()
-    sd = {k: v.float() for k, v in hf_state_dict(spec, weights.to("cpu")).items()}
+    try:  # skip transformers' random init: every weight is overwritten below
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers < 5
+        from transformers.modeling_utils import no_init_weights
+    with no_init_weights():
+        model = cls[1](config).float().eval()
+    sd = {k: v.float().contiguous() for k, v in hf_state_dict(spec, weights.to("cpu")).items()}
     if spec.family == "mixtral":
         sd = _mixtral_to_module_names(sd, model.state_dict().keys(), spec)
     sd.setdefault("lm_head.weight", sd.get("model.embed_tokens.weight", sd.get("model.decoder.embed_tokens.weight")))
-    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)  # shares storage, no copy
     missing = [m for m in missing if "rotary_emb" not in m]
     if missing or unexpected:
         raise RuntimeError(f"HF {spec.family} state dict mismatch: missing {missing[:3]}, unexpected {unexpected[:3]}")
