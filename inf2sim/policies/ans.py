@@ -154,21 +154,23 @@ class AnsBuilder(PlanBuilder):
         nx = lay.x_seqs
         rows = nx * md.num_kv_heads
         hist = self._coop(nx, ctx - 1)
+        save = b.add(Transfer, L, m, "xsave", "x_new", [qkv], src="gpu", dst="dram", nbytes=self._coop(nx, 1))
         loads = []
         if self.policy.xcache.where == "ssd":
             stored = self.work.prompt_len + lay.stored_decode_tokens(s)
             on_ssd = self._coop(nx, stored)
             srcs = self.x_sources()
             for i, src in enumerate(srcs):
-                loads.append(b.add(Transfer, L, m, f"xload{i}", "x", [], src=src, dst="dram",
+                last = lay.c * ((s - 1) // lay.c)  # the step whose spill brought the newest stored chunk
+                prev = b.name(L, m, f"xspill{i}", step=last) if last >= 1 else b.name(L, m, f"xstore{i}", step=0)
+                loads.append(b.add(Transfer, L, m, f"xload{i}", "x", [prev], src=src, dst="dram",
                                    nbytes=on_ssd // len(srcs), req_bytes=on_ssd // len(srcs)))
             if lay.spills_after(s):
                 for i, dst in enumerate(srcs):
-                    b.add(Spill, L, m, f"xspill{i}", "x_new", [qkv], dst=dst,
+                    b.add(Spill, L, m, f"xspill{i}", "x_new", [save], dst=dst,
                           nbytes=self._coop(nx, self.c) // len(srcs), req_bytes=self._coop(nx, self.c) // len(srcs))
         load = b.add(Transfer, L, m, "xload", "x", loads, src="dram", dst="gpu", nbytes=hist, rows=(0, rows),
                      tokens=(0, ctx - 1))
-        b.add(Transfer, L, m, "xsave", "x_new", [qkv], src="gpu", dst="dram", nbytes=self._coop(nx, 1))
         src = load
         if keeps_x(md):
             src = b.add(DenseCompute, L, m, "kv_regen", "kv_regen", [load, qkv], device="gpu",

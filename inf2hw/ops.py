@@ -1,0 +1,227 @@
+"""What each plan op means with real tensors: the real engine's op semantics.
+
+Called by `inf2hw.engine.Engine`, one call per op, in dependency order. `start(op)`
+either does the work and returns None, or hands it to a CSD (returning a Ticket)
+or to a thread (returning a Future). Which work an op is, is read from its class,
+`what`, endpoints and tag (the last part of its name) — the same plan the DES times.
+
+Tensor layouts: the model's [batch, heads, tokens, head_dim]; KV rows
+r = seq * num_kv_heads + kv_head ([rows, tokens, head_dim]); a row's query heads
+[rows, group, head_dim] (see `inf2hw.attention`). Host-side tensors live on the
+CPU in the storage dtype; dense compute runs on `device` in the compute dtype.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from inf2sim.layout import keeps_x
+from inf2sim.plan import Attention, DenseCompute, Op, Spill, Transfer
+
+from . import attention as A
+from . import model as M
+from .stores import DiskStore, MemStore
+
+
+def tag_of(op: Op) -> str:
+    return op.name.split(".", 3)[3]
+
+
+def csd_index(name: str) -> int:
+    return int(name.split(".")[0][3:])
+
+
+class OpRunner:
+    """Holds the run's tensors and stores; executes ops (see module docstring)."""
+
+    def __init__(self, ctx):
+        self.c = ctx  # EngineContext: spec, weights, device, dtypes, csds, stores, layout, prompts
+        self.io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="inf2-io")
+        self.cpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inf2-cpu")
+        self.x: Dict[int, torch.Tensor] = {}  # mb -> [mb, t, hidden] current hidden state
+        self.xin: Dict[Tuple[int, int], torch.Tensor] = {}  # (L, mb) -> layer input X
+        self.qkv: Dict[Tuple[int, int], Tuple[torch.Tensor, ...]] = {}  # device q, k, v
+        self.host_qkv: Dict[Tuple[int, int], Tuple[torch.Tensor, ...]] = {}  # q rows, k rows, v rows on host
+        self.parts: Dict[Tuple[int, int], List[tuple]] = {}  # attention results per (L, mb)
+        self.staged: Dict[Tuple[str, int, int], object] = {}  # read buffers, tail scores, X loads
+        self.dev_w: Dict[int, M.LayerWeights] = {}
+        self.fill: Dict[Tuple[int, int, int], int] = {}  # (csd, L, mb) -> token slots stored
+        self.tokens: List[List[int]] = [[] for _ in range(ctx.spec.workload.batch)]
+        self.last_logits: Optional[torch.Tensor] = None
+        self.step = 0
+
+    # ----------------------------------------------------------------- helpers
+    @property
+    def md(self):
+        return self.c.spec.model
+
+    def layer_w(self, L: int) -> M.LayerWeights:
+        return self.dev_w.get(L) or self.c.weights.layers[L]
+
+    def ctx_len(self) -> int:
+        return self.c.spec.workload.prompt_len + self.step
+
+    def _mb_slice(self, m: int) -> slice:
+        mb = self.c.spec.workload.micro_batch
+        return slice(m * mb, (m + 1) * mb)
+
+    def _host(self, t: torch.Tensor) -> torch.Tensor:
+        return t.to("cpu", self.c.store_dtype)
+
+    # ------------------------------------------------------------------ start
+    def start(self, op: Op):
+        tag = tag_of(op)
+        if isinstance(op, Spill):
+            return self._spill(op, tag)
+        if isinstance(op, Transfer):
+            return self._transfer(op, tag)
+        if isinstance(op, Attention):
+            return self._attention(op, tag)
+        if isinstance(op, DenseCompute):
+            return self._dense(op, tag)
+        raise TypeError(f"unknown op kind {op.kind}")
+
+    # ------------------------------------------------------------------ dense
+    def _dense(self, op: DenseCompute, tag: str):
+        md, wl, L, m = self.md, self.c.spec.workload, op.layer, op.mb
+        t0, t1 = op.tokens
+        dev = self.c.device
+        if tag == "embed":
+            if op.step == 0:
+                ids = self.c.prompts[self._mb_slice(m)]
+            else:
+                ids = torch.tensor([[self.tokens[i][-1]] for i in range(self._mb_slice(m).start, self._mb_slice(m).stop)])
+            pos = torch.arange(t0, t1).expand(ids.shape[0], -1)
+            self.x[m] = M.embed(self.c.weights, ids.to(dev), pos.to(dev))
+        elif tag == "qkv":
+            x = self.x[m]
+            self.xin[(L, m)] = x
+            pos = torch.arange(t0, t1, device=dev).expand(x.shape[0], -1)
+            self.qkv[(L, m)] = M.qkv(self.layer_w(L), md, x, pos)
+        elif tag == "post":
+            attn = self._assemble(L, m)
+            self.x[m] = M.post(self.layer_w(L), md, self.xin[(L, m)], attn)
+            self.qkv.pop((L, m), None)
+            self.host_qkv.pop((L, m), None)
+            if L >= 1:
+                self.xin.pop((L - 1, m), None)
+        elif tag == "head":
+            logits = M.head(self.c.weights, self.x[m][:, -1:])  # [mb, 1, vocab]
+            nxt = logits[:, -1].float().argmax(-1).tolist()
+            for j, i in enumerate(range(self._mb_slice(m).start, self._mb_slice(m).stop)):
+                self.tokens[i].append(int(nxt[j]))
+            lg = logits[:, -1].float().cpu()
+            self.last_logits = lg if m == 0 else torch.cat([self.last_logits, lg])
+            self.xin.pop((md.num_layers - 1, m), None)
+        elif tag == "kv_regen":
+            xs = self.staged.pop(("x", L, m))  # [nx, ctx-1, hidden] on device
+            pos = torch.arange(0, xs.shape[1], device=dev).expand(xs.shape[0], -1)
+            self.staged[("regen", L, m)] = M.kv_from_x(self.layer_w(L), md, xs.to(self.c.compute_dtype), pos)
+        elif tag == "merge":
+            pass  # partial results are merged exactly where they are assembled (`_assemble`)
+        else:
+            raise ValueError(f"engine: no semantics for dense op {op.name}")
+        return None
+
+    def _assemble(self, L: int, m: int) -> torch.Tensor:
+        """All attention results of (L, m) -> [mb, heads, t, d] in the compute dtype."""
+        parts = self.parts.pop((L, m))
+        mb = self.c.spec.workload.micro_batch
+        if len(parts) == 1 and parts[0][0] == "heads":
+            return parts[0][1]
+        kvh, g, d = self.md.num_kv_heads, self.md.group_size, self.md.head_dim
+        by_rows: Dict[Tuple[int, int], List[tuple]] = {}
+        for _, r0, r1, out, lse in parts:
+            by_rows.setdefault((r0, r1), []).append((out, lse))
+        rows = torch.zeros(mb * kvh, g, 1, d, dtype=torch.float32)
+        for (r0, r1), ps in by_rows.items():
+            out, _ = ps[0] if len(ps) == 1 else A.merge_partials(ps)
+            rows[r0:r1] = out.reshape(r1 - r0, g, 1, d).to("cpu", torch.float32)
+        return A.rows_to_heads(rows, mb).to(self.c.device, self.c.compute_dtype)
+
+    # -------------------------------------------------------------- attention
+    def _attention(self, op: Attention, tag: str):
+        L, m, md = op.layer, op.mb, self.md
+        if tag == "attn" and op.device == "gpu" and op.q_len > 1:  # prefill, FlashAttention's role
+            q, k, v = self.qkv[(L, m)]
+            self.parts[(L, m)] = [("heads", A.attend_heads(q, k, v, causal=True).to(self.c.compute_dtype))]
+            if self.c.gpu_kv is not None:
+                self.c.gpu_kv.write(L, m, 0, A.kv_to_rows(k), A.kv_to_rows(v))
+            return None
+        if tag == "attn" and op.device == "gpu":  # decode with GPU-resident KV
+            q, k, v = self.qkv[(L, m)]
+            ctx = op.tokens[1]
+            self.c.gpu_kv.write(L, m, ctx - 1, A.kv_to_rows(k), A.kv_to_rows(v))
+            K, V = self.c.gpu_kv.read(L, m, ctx)
+            out, lse = A.attend_partial(A.q_to_rows(q, md.num_kv_heads), K, V)
+            self.parts.setdefault((L, m), []).append(("rows", 0, K.shape[0], out, lse))
+            return None
+        if tag == "attn.gpu":  # cooperative X-cache rows
+            return self._coop_attention(op)
+        if tag == "attn" and op.device == "cpu":  # FlexGen CPU attention over the host copy
+            return self.cpu.submit(self._cpu_attention, op)
+        if tag.startswith("tail."):  # write-back v2: the host computes q.K_tail^T
+            return self.cpu.submit(self._tail_scores, op)
+        if tag.startswith("attn.csd"):
+            return self.c.csds[csd_index(op.device)].attend(L, m)
+        raise ValueError(f"engine: no semantics for attention op {op.name}")
+
+    def _cpu_attention(self, op: Attention):
+        L, m = op.layer, op.mb
+        qr, kn, vn = self.host_qkv[(L, m)]
+        ctx = op.tokens[1]
+        if self.c.host_kv is not None:
+            K, V = self.c.host_kv.read(L, m, ctx)
+        else:
+            hist = [self.staged.pop(("kvr", i, L, m)) for i in range(len(self.c.disk_kv.dirs))]
+            K = torch.cat([torch.cat([h[0] for h in hist]), kn], dim=1) if hist else kn
+            V = torch.cat([torch.cat([h[1] for h in hist]), vn], dim=1) if hist else vn
+        out, lse = A.attend_partial(qr, K, V)
+        self.parts.setdefault((L, m), []).append(("rows", 0, qr.shape[0], out, lse))
+
+    def _tail_scores(self, op: Attention):
+        L, m = op.layer, op.mb
+        r0, r1 = op.rows
+        qr = self.host_qkv[(L, m)][0][r0:r1]
+        k_tail, _ = self.c.recent.read(L, m, op.tokens[1])
+        s = A.tail_scores(qr, k_tail[r0:r1, op.tokens[0] : op.tokens[1]])  # [rows, G, 1, tail]
+        self.staged[("scores", int(tag.split("csd")[1]), L, m)] = s[:, :, 0]  # [rows, G, tail]
+
+    def _coop_attention(self, op: Attention):
+        L, m, md = op.layer, op.mb, self.md
+        q, k, v = self.qkv[(L, m)]
+        nx = op.rows[1] // md.num_kv_heads
+        if keeps_x(md):
+            kh, vh = self.staged.pop(("regen", L, m))  # [nx, KV, ctx-1, d]
+        else:
+            kh, vh = (t.to(self.c.device, self.c.compute_dtype) for t in self.staged.pop(("x", L, m)))
+            kh, vh = A.rows_to_kv(kh, nx), A.rows_to_kv(vh, nx)
+        K = torch.cat([kh, k[:nx].to(kh.dtype)], dim=2)
+        V = torch.cat([vh, v[:nx].to(vh.dtype)], dim=2)
+        out, lse = A.attend_partial(A.q_to_rows(q[:nx], md.num_kv_heads), A.kv_to_rows(K), A.kv_to_rows(V))
+        self.parts.setdefault((L, m), []).append(("rows", 0, op.rows[1], out.cpu(), lse.cpu()))
+        return None
+
+    def complete(self, op: Op, result) -> None:
+        """Called by the engine when an async op finishes, with its result."""
+        if op.what == "attn_out" and isinstance(op, Transfer) and op.src.endswith(".fpga"):
+            out, lse = result  # [rows, G, d], [rows, G]
+            r0, r1 = op.rows
+            self.parts.setdefault((op.layer, op.mb), []).append(("rows", r0, r1, out[:, :, None], lse[:, :, None]))
+
+    # ------------------------------------------------------------- transfers
+    def _transfer(self, op: Transfer, tag: str):
+        from .ops_io import transfer
+
+        return transfer(self, op, tag)
+
+    def _spill(self, op: Spill, tag: str):
+        from .ops_io import spill
+
+        return spill(self, op, tag)
+
+    def close(self) -> None:
+        self.io.shutdown(wait=True, cancel_futures=True)
+        self.cpu.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,228 @@
+"""Run a configuration on the real engine: `inf2 backend=emu ...` and `run_engine(...)`.
+
+Called by the CLI (`inf2sim.cli`, backend=emu) and by tests/benchmarks. Builds the
+plan with the same scheduler the simulator uses, sets up weights (seeded random or
+a local HF checkpoint), prompts (`workload.prompts` JSON file or seeded random ids),
+the host stores and one emulated CSD process per CSD, then drives the plan through
+`inf2sim.driver.drive`. Writes tokens.json (one id list per sequence), metrics.json
+(same format as the simulator, measured) and trace.json into the output dir.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, List, Optional
+
+import torch
+
+from inf2sim.config import RunSpec
+from inf2sim.driver import drive
+from inf2sim.layout import cooperative_bytes_per_token, keeps_x
+from inf2sim.metrics import Metrics, busy_by_resource, kv_io_share, throughput, write_chrome_trace
+from inf2sim.scheduler import build_plan
+from inf2sim.specs import SpecError
+
+from . import model as M
+from .csd.base import CsdConfig
+from .engine import Engine, EngineContext
+from .stores import DiskStore, MemStore
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    device: str = "cpu"
+    dtype: str = "fp32"
+    csd_dirs: tuple = ()
+    csd_read_gbps: float = 0.0
+    keep_files: bool = False
+    compute: str = "torch"
+    direct_io: str = "auto"
+    progress: bool = False
+
+
+def options_from_cfg(cfg) -> EngineOptions:
+    csd = cfg.get("csd", {}) or {}
+    return EngineOptions(str(cfg.get("device", "cpu")), str(cfg.get("dtype", "fp32")), tuple(csd.get("dirs", []) or []),
+                         float(csd.get("read_gbps", 0.0)), bool(csd.get("keep_files", False)),
+                         str(csd.get("compute", "torch")), str(csd.get("direct_io", "auto")))
+
+
+def load_prompts(spec: RunSpec) -> torch.Tensor:
+    wl, md = spec.workload, spec.model
+    if wl.prompts:
+        try:
+            ids = json.loads(Path(wl.prompts).read_text())
+        except (OSError, ValueError) as e:
+            raise SpecError(f"workload.prompts={wl.prompts!r}: cannot read a JSON list of token-id lists ({e})") from None
+        if not ids or any(len(x) != len(ids[0]) for x in ids):
+            raise SpecError("workload.prompts: every prompt must have the same length (a list of equal-length id lists)")
+        t = torch.tensor(ids, dtype=torch.long)
+        if int(t.max()) >= md.vocab_size or int(t.min()) < 0:
+            raise SpecError(f"workload.prompts: token ids must be in [0, {md.vocab_size})")
+        return t
+    g = torch.Generator().manual_seed(wl.seed)
+    return torch.randint(0, md.vocab_size, (wl.batch, wl.prompt_len), generator=g)
+
+
+def _check(spec: RunSpec, opts: EngineOptions) -> None:
+    if opts.dtype not in DTYPES:
+        raise SpecError(f"dtype={opts.dtype!r} is not allowed; choose one of {', '.join(DTYPES)}")
+    if opts.device not in ("cpu", "cuda") and not opts.device.startswith("cuda:"):
+        raise SpecError(f"device={opts.device!r} is not allowed; choose one of cpu, cuda")
+    if opts.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SpecError("device=cuda is not available on this machine (torch sees no GPU); use device=cpu")
+    if opts.compute not in ("torch", "hls"):
+        raise SpecError(f"csd.compute={opts.compute!r} is not allowed; choose one of torch, hls")
+    need = spec.workload.prompt_len + spec.workload.gen_len
+    if need > spec.model.max_positions:
+        raise SpecError(f"workload.prompt_len + gen_len = {need} exceeds model.max_positions={spec.model.max_positions}")
+    if spec.policy.weights.storage > 0:
+        raise SpecError("policy.weights.storage > 0 is not supported by the real engine (weights stream from host DRAM)")
+
+
+def run_engine(spec: RunSpec, opts: EngineOptions, out_dir: Optional[str] = None, prompts: Optional[torch.Tensor] = None):
+    """Run one configuration for real. Returns (tokens [batch][gen_len], last_logits, Metrics, spans)."""
+    _check(spec, opts)
+    plan, builder = build_plan(spec.model, spec.workload, spec.hardware, spec.policy)
+    wl, md = spec.workload, spec.model
+    if prompts is None:
+        prompts = load_prompts(spec)
+    if prompts.shape != (wl.batch, wl.prompt_len):
+        spec = replace(spec, workload=replace(wl, batch=prompts.shape[0], prompt_len=prompts.shape[1]))
+        plan, builder = build_plan(spec.model, spec.workload, spec.hardware, spec.policy)
+        wl = spec.workload
+    cdt = DTYPES[opts.dtype]
+    weights = _weights(spec, cdt, opts.device)
+    out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="inf2-run-"))
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / "kv"
+    lay = builder.layout
+    cap = wl.prompt_len + wl.gen_len
+    ctx = EngineContext(spec, weights, opts.device, cdt, cdt, prompts, lay)
+    dirs = [str(Path(d)) for d in opts.csd_dirs] or [str(work)]
+    kvh, d = md.num_kv_heads, md.head_dim
+    if builder.kv_on == "host":
+        ctx.host_kv = MemStore(lay.rows_total, cap, d, cdt)
+    elif builder.kv_on == "gpu":
+        ctx.gpu_kv = MemStore(lay.rows_total, cap, d, cdt, device=opts.device)
+    elif builder.kv_on in ("ssd", "csd") and builder.attention_on != "csd":
+        n = spec.hardware.ssd_count if builder.kv_on == "ssd" else spec.hardware.csd_count
+        ctx.disk_kv = DiskStore([os.path.join(dirs[i % len(dirs)], f"drive{i}") for i in range(n)], lay.rows_total,
+                                cap, d, cdt, md.num_layers, wl.num_micro_batches)
+    if builder.attention_on == "csd":
+        ctx.recent = MemStore(lay.rows_total, cap, d, cdt)
+        ctx.csds = _make_csds(spec, builder, opts, dirs, cdt)
+    if lay.x_seqs:
+        width, rows, pairs = (md.hidden, lay.x_seqs, False) if keeps_x(md) else (d, lay.x_seqs * kvh, True)
+        ctx.coop_store = MemStore(rows, cap, width, cdt, pairs=pairs)
+        if spec.policy.xcache.where == "ssd":
+            n = spec.hardware.csd_count
+            ctx.coop_disk = DiskStore([os.path.join(dirs[i % len(dirs)], f"csd{i}") for i in range(n)], rows, cap,
+                                      width, cdt, md.num_layers, wl.num_micro_batches, pairs=pairs, name="x")
+    if opts.device.startswith("cuda"):
+        ctx.copy_stream = torch.cuda.Stream()
+    engine = Engine(ctx)
+    bar = None
+    if opts.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=plan.num_steps, desc="generating", unit="tok")
+    step_end = {}
+
+    def on_step(step, _spans):
+        step_end[step.step] = engine.now()
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        with torch.inference_mode():
+            spans = drive(plan.steps(), engine, on_step)
+    finally:
+        if bar is not None:
+            bar.close()
+        engine.close()
+        for c in ctx.csds:
+            c.close()
+        for s in (ctx.disk_kv, ctx.coop_disk):
+            if s is not None:
+                s.close(keep=opts.keep_files)
+        if not opts.keep_files and work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    tokens = engine.runner.tokens
+    m = _metrics(spec, builder, spans, step_end)
+    (out / "tokens.json").write_text(json.dumps(tokens))
+    m.write(out / "metrics.json")
+    write_chrome_trace(spans, out / "trace.json")
+    return tokens, engine.runner.last_logits, m, spans
+
+
+def _weights(spec: RunSpec, dtype: torch.dtype, device: str):
+    md = spec.model
+    if md.checkpoint:
+        from .weights import load_checkpoint
+
+        w = load_checkpoint(md, md.checkpoint, dtype=dtype)
+    else:
+        w = M.init_random(md, seed=spec.workload.seed, dtype=dtype)
+    if device.startswith("cuda"):
+        w = w.pin_memory()
+        dev = M.Weights(md, w.embed.to(device), w.final_norm.to(device), w.lm_head.to(device), w.layers,
+                        None if w.pos_embed is None else w.pos_embed.to(device),
+                        None if w.final_norm_b is None else w.final_norm_b.to(device))
+        if spec.policy.weights.gpu >= 1.0:
+            dev.layers = [lw.to(device) for lw in w.layers]
+        return dev
+    return w
+
+
+def _make_csds(spec: RunSpec, builder, opts: EngineOptions, dirs: List[str], dtype) -> list:
+    from .csd.emulated import EmulatedCsd
+
+    md, wl, lay = spec.model, spec.workload, builder.layout
+    out = []
+    name = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+    for i in range(spec.hardware.csd_count):
+        r0, r1 = lay.csd_rows(i)
+        cfg = CsdConfig(i, os.path.join(dirs[i % len(dirs)], f"csd{i}"), md.num_layers, wl.num_micro_batches,
+                        r1 - r0, r0, wl.prompt_len + wl.gen_len, md.head_dim, md.group_size, name, opts.compute,
+                        opts.csd_read_gbps, opts.direct_io, opts.keep_files)
+        out.append(EmulatedCsd(cfg))
+    return out
+
+
+def _metrics(spec: RunSpec, builder, spans, step_end) -> Metrics:
+    wl = spec.workload
+    prefill = step_end.get(0, 0.0)
+    total = max(step_end.values()) if step_end else 0.0
+    m = Metrics(policy=spec.policy.name, alpha=builder.alpha)
+    m.time_s = {"prefill": prefill, "decode": total - prefill, "total": total}
+    m.throughput = throughput(wl.batch, wl.prompt_len, wl.gen_len, prefill, total - prefill)
+    busy = busy_by_resource(spans)
+    m.busy_frac = {r: v / total for r, v in sorted(busy.items())} if total else {}
+    by: dict = {}
+    for s in spans:
+        by[s.resource] = by.get(s.resource, 0) + (s.nbytes if "->" in s.resource else 0)
+    m.bytes = {k: v for k, v in by.items() if v}
+    m.kv_io_share = kv_io_share(spans, (prefill, total))
+    m.extra = {"backend": "emu", "ops": len(spans)}
+    return m
+
+
+def run_cli(cfg, out_dir: Path) -> None:
+    from inf2sim.simulate import resolve
+
+    spec = resolve(cfg)
+    opts = replace(options_from_cfg(cfg), progress=True)
+    tokens, _, m, _ = run_engine(spec, opts, out_dir=str(out_dir))
+    t = m.throughput
+    print(f"{spec.model.name} policy={spec.policy.name} backend=emu device={opts.device} dtype={opts.dtype} "
+          f"batch={spec.workload.batch} prompt={spec.workload.prompt_len} gen={spec.workload.gen_len}")
+    print(f"prefill {t['prefill_tok_s']:.1f} tok/s  decode {t['decode_tok_s']:.1f} tok/s  total {t['total_tok_s']:.1f} tok/s")
+    print(f"tokens[0]: {tokens[0]}")
+    print(f"outputs: {out_dir}")
