@@ -20,6 +20,7 @@ where `peak` is fp16_tflops for 2-byte dtypes and fp32_tflops for 4-byte ones.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Union
 
@@ -53,27 +54,29 @@ def ipc_s(device: str, hw: HardwareProfile) -> float:
 
 
 def attention_shape(op: Attention) -> tuple[int, int, int]:
-    """(rows, ctx_len, n_tail): KV rows, positions attended, and how many of those
-    are the host buffer's tail shipped with the query (not read from storage)."""
+    """(rows, stored_len, n_tail): KV rows; positions read from the device's own
+    store; positions of the host buffer's tail shipped with the query. The op
+    attends stored_len + n_tail = tokens[1] - tokens[0] positions."""
     rows = op.rows[1] - op.rows[0]
-    ctx_len = op.tokens[1] - op.tokens[0]
-    return rows, ctx_len, max(ctx_len - op.stored_len, 0)
+    attended = op.tokens[1] - op.tokens[0]
+    stored = min(max(op.stored_len, 0), attended)
+    return rows, stored, attended - stored
 
 
 def attention_flops(op: Attention) -> float:
     """op.flops, or when the scheduler left it 0: q·Kᵀ and P·V, 2 FLOP per MAC."""
     if op.flops > 0:
         return float(op.flops)
-    rows, ctx_len, _ = attention_shape(op)
-    return 4.0 * rows * op.group * op.q_len * ctx_len * op.head_dim
+    rows, stored, n_tail = attention_shape(op)
+    return 4.0 * rows * op.group * op.q_len * (stored + n_tail) * op.head_dim
 
 
 def attention_kv_bytes(op: Attention, dtype_bytes: int = 2) -> int:
     """op.kv_bytes, or when left 0: K and V of every attended position of every row."""
     if op.kv_bytes > 0:
         return op.kv_bytes
-    rows, ctx_len, _ = attention_shape(op)
-    return 2 * rows * ctx_len * op.head_dim * dtype_bytes
+    rows, stored, n_tail = attention_shape(op)
+    return 2 * rows * (stored + n_tail) * op.head_dim * dtype_bytes
 
 
 def _gpu_peak_flops(hw: HardwareProfile, dtype_bytes: int) -> float:
@@ -85,29 +88,33 @@ def _gpu_peak_flops(hw: HardwareProfile, dtype_bytes: int) -> float:
 def _fallback_fpga_attention_seconds(
     fpga: FpgaSpec, rows: int, ctx_len: int, group: int, head_dim: int, n_tail: int = 0
 ) -> float:
-    """TEMPORARY stand-in for `inf2sim.accel.attention_seconds`, used only while
-    that module does not exist yet. A plain cycle count: q·Kᵀ and P·V take
-    head_dim MACs per (query head, position) each, on `macs * group` MAC units,
+    """TEMPORARY stand-in for `inf2sim.accel.attention_seconds`, used only when that
+    module cannot be imported (it is written concurrently). Same arguments: ctx_len
+    stored positions plus n_tail tail positions. A plain cycle count: q·Kᵀ and P·V
+    take head_dim MACs per (query head, position) each on `macs * group` MAC units,
     plus a pipeline fill/drain per 128-token block and pass. Delete once accel lands."""
+    positions = ctx_len + n_tail
     if fpga.rate_gbps > 0:
-        return 2.0 * rows * ctx_len * head_dim * 2 / (fpga.rate_gbps * 1e9)
+        return 2.0 * rows * positions * head_dim * 2 / (fpga.rate_gbps * 1e9)  # fp16 K and V
     if fpga.clock_mhz <= 0 or fpga.macs <= 0:
         raise ValueError("csd.fpga: clock_mhz and macs must be > 0 (or rate_gbps > 0) to time attention")
-    macs = 2.0 * rows * group * ctx_len * head_dim
-    blocks = rows * math.ceil(ctx_len / max(fpga.block_tokens, 1))
+    macs = 2.0 * rows * group * positions * head_dim
+    blocks = rows * math.ceil(positions / max(fpga.block_tokens, 1))
     cycles = macs / (fpga.macs * group) + 2 * blocks * fpga.pipeline_depth
     return cycles / (fpga.clock_mhz * 1e6)
 
 
-def _fpga_attention_seconds(op: Attention, hw: HardwareProfile) -> float:
-    rows, ctx_len, n_tail = attention_shape(op)
+@functools.lru_cache(maxsize=8192)
+def fpga_attention_seconds(fpga: FpgaSpec, rows: int, ctx_len: int, group: int, head_dim: int, n_tail: int = 0) -> float:
+    """The kernel's own cycle model (`inf2sim.accel`), memoised: a run asks for the
+    same few shapes hundreds of thousands of times and the model walks every block."""
     try:
-        from .accel import attention_seconds  # the kernel's own performance model
+        from .accel import attention_seconds  # imported lazily: written concurrently
     except ImportError:
-        # inf2sim.accel is being written concurrently; until it exists use the
-        # clearly temporary cycle count above so the DES is usable meanwhile.
+        # inf2sim.accel does not exist in this checkout yet: use the clearly
+        # temporary cycle count above so the DES stays usable meanwhile.
         attention_seconds = _fallback_fpga_attention_seconds
-    return attention_seconds(hw.csd.fpga, rows, ctx_len, op.group, op.head_dim, n_tail)
+    return attention_seconds(fpga, rows, ctx_len, group, head_dim, n_tail)
 
 
 def work_seconds(op: ComputeOp, hw: HardwareProfile, dtype_bytes: int = 2) -> float:
@@ -130,7 +137,8 @@ def work_seconds(op: ComputeOp, hw: HardwareProfile, dtype_bytes: int = 2) -> fl
             cpu_Bps = _positive(hw.cpu.attention_gbps, "cpu.attention_gbps", hw) * 1e9
             return attention_kv_bytes(op, dtype_bytes) / cpu_Bps
         if is_fpga(dev):
-            return _fpga_attention_seconds(op, hw)
+            rows, stored, n_tail = attention_shape(op)
+            return fpga_attention_seconds(hw.csd.fpga, rows, stored, op.group, op.head_dim, n_tail)
         raise ValueError(f"op {op.name}: unknown compute device {dev!r}; use gpu, cpu or csd<i>.fpga")
     raise TypeError(f"op {getattr(op, 'name', op)!r} of kind {type(op).__name__} is not a compute op")
 

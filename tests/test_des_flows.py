@@ -194,3 +194,94 @@ def test_large_request_that_leaves_the_drive_slack_frees_the_small_streams():
     done, _ = run(t, flows)
     assert done["a"] == approx(1.5) and done["b"] == approx(1.5)
     assert done["big"] == approx(3.0)
+
+
+# ----------------------------------------------- against a from-scratch reference
+def reference_finish_times(topo, flows):
+    """Brute force: after every start or finish, refill the rates of *all* active
+    flows over *all* their links (no incremental state, no slack pruning)."""
+    path = {n: topo.path(f[1], f[2]) for n, f in flows.items()}
+
+    def solo(n):
+        return min(topo.links[l].gbps(d, flows[n][4]) for l, d in path[n])
+
+    def maxmin(active):
+        caps = {}
+        for n in active:
+            for key in path[n]:
+                lk = topo.links[key[0]]
+                reqs = [flows[m][4] for m in active if key in path[m]]
+                caps[key] = lk.gbps(key[1], max(reqs)) if lk.is_media else lk.gbps(key[1])
+        rate, frozen_sum = {}, dict.fromkeys(caps, 0.0)
+        while len(rate) < len(active):
+            free = [n for n in active if n not in rate]
+            level = min(solo(n) for n in free)
+            for key, cap in caps.items():
+                k = sum(1 for n in free if key in path[n])
+                if k:
+                    level = min(level, (cap - frozen_sum[key]) / k)
+            for n in free:
+                full = any((caps[k] - frozen_sum[k]) / sum(1 for m in free if k in path[m]) <= level * (1 + 1e-12)
+                           for k in path[n])
+                if solo(n) <= level * (1 + 1e-12) or full:
+                    rate[n] = min(level, solo(n))
+            for n in rate:
+                if n in free:
+                    for k in path[n]:
+                        frozen_sum[k] += rate[n]
+        return rate
+
+    t, left, out = 0.0, {}, {}
+    todo = sorted(flows, key=lambda n: flows[n][0])
+    while todo or left:
+        while todo and flows[todo[0]][0] <= t:
+            n = todo.pop(0)
+            left[n] = flows[n][3] / GB
+        if not left:
+            t = flows[todo[0]][0]
+            continue
+        rate = maxmin(list(left))
+        t_next = min(t + left[n] / rate[n] for n in left)
+        if todo:
+            t_next = min(t_next, flows[todo[0]][0])
+        for n in list(left):
+            left[n] -= rate[n] * (t_next - t)
+            if left[n] <= 1e-12 * flows[n][3] / GB:
+                del left[n]
+                out[n] = t_next + topo.latency_s(flows[n][1], flows[n][2])
+        t = t_next
+    return out
+
+
+def random_tree(rng, n_nodes):
+    t = Topology()
+    t.add("rc", None)
+    nodes = ["rc"]
+    for i in range(n_nodes):
+        name = f"n{i}"
+        t.add(name, rng.choice(nodes), link(name, rng.choice([1, 2, 3, 5, 8]), rng.choice([1, 2, 4, 6]), rng.choice([0, 1, 2])))
+        nodes.append(name)
+    for i in range(3):  # drives with a request-size curve under random nodes
+        name = f"n{rng.randrange(n_nodes)}.nand"
+        if name not in t.parent:
+            t.add(name, name[:-5], Link(name, 4, 2, 0.0, (4096.0, 1 << 20), (1.0, 4.0), (0.5, 2.0)))
+            nodes.append(name)
+    return t, nodes
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_scenarios_match_a_brute_force_reference(seed):
+    import random
+
+    rng = random.Random(seed)
+    topo, nodes = random_tree(rng, 7)
+    flows = {}
+    for i in range(14):
+        src, dst = rng.sample(nodes, 2)
+        t0 = rng.choice([0, 0, 0.5, 1.0, 1.25, 2.0])  # repeats exercise same-instant batching
+        flows[f"f{i}"] = (t0, src, dst, rng.choice([1, 2, 3, 5]) * GB // 2, rng.choice([4096, 65536, 1 << 20]))
+    done, _ = run(topo, flows)
+    ref = reference_finish_times(topo, flows)
+    assert done.keys() == ref.keys()
+    for n in flows:
+        assert done[n] == pytest.approx(ref[n], rel=1e-9), n

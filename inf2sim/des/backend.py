@@ -9,7 +9,7 @@ How ops map onto the model
 - Transfer(src, dst): a fluid flow from `endpoint_node(src)` to `endpoint_node(dst)`
   on the FlowNetwork (max-min fair sharing of every PCIe link on the path). Both
   endpoints on one node, or nbytes == 0, takes 0 s.
-- Spill(dst): a flow from `dram` to `endpoint_node(dst)` at its request size. A
+- Spill(src, dst): a flow from `src` (default `dram`) to `endpoint_node(dst)` at its request size. A
   step does not wait for its spills: they finish in the background, possibly
   during later steps (their spans are returned then), and ops that name them in
   `deps` wait for them.
@@ -21,7 +21,8 @@ every earlier step was executed, a dep that is neither in this step nor known is
 a ValueError (a typo or an op from the future); op names must be unique per run.
 
 Counters: `bytes_by_link` (bytes that crossed each link, both directions summed),
-`bytes_by_link_dir` ((link, "up"|"down") -> bytes), `busy_s` (compute devices:
+`bytes_by_link_dir` ((link, "up"|"down") -> bytes), `link_busy_s` (link ->
+seconds carrying >= 1 flow), `busy_s` (compute devices:
 summed service time, keyed by device name; links: time carrying >= 1 flow, keyed
 "link:<name>" because a CSD's internal link and its FPGA share the name
 `csd{i}.fpga`), `now_s`. With `record=False` no spans are built (faster), the
@@ -29,11 +30,11 @@ counters still are.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Set
+from typing import Dict, List, Optional, Set, Tuple
 
 import simpy
 
-from ..plan import Op, Span, Spill, StepPlan, Transfer
+from ..plan import DenseCompute, Op, Span, Spill, StepPlan, Transfer
 from ..specs import HardwareProfile
 from ..topology import Topology, build_topology, endpoint_node
 from .devices import ComputeDevice, make_device
@@ -64,15 +65,15 @@ class DesBackend:
         self._pending: Dict[str, int] = {}  # op not completed -> deps still outstanding
         self._waiters: Dict[str, List[Op]] = {}  # dep name -> ops waiting on it
         self._steps_seen: Set[int] = set()
+        self._first_gap = 0  # smallest step number not executed yet
         self._spans: List[Span] = []
         self._step_left = 0
         self._step_done: Optional[simpy.Event] = None
-        self._nodes: Dict[str, str] = {}  # plan endpoint -> tree node
+        self._routes: Dict[Tuple[str, str], Tuple[str, str, str]] = {}
 
     # -------------------------------------------------------------- protocol
     def execute(self, step: StepPlan) -> List[Span]:
         self._admit(step)
-        self._steps_seen.add(step.step)
         self._step_left = sum(1 for op in step.ops if not isinstance(op, Spill))
         self._step_done = simpy.Event(self.env)
         if self._step_left == 0:
@@ -109,7 +110,13 @@ class DesBackend:
         return dict(self.flows.bytes_by_dir)
 
     @property
+    def link_busy_s(self) -> Dict[str, float]:
+        """Link name -> seconds during which it carried at least one flow."""
+        return self.flows.busy_s()
+
+    @property
     def busy_s(self) -> Dict[str, float]:
+        """Compute devices (summed service time) and links (as "link:<name>")."""
         out = {name: dev.busy_s for name, dev in self.devices.items()}
         out.update({f"link:{name}": s for name, s in self.flows.busy_s().items()})
         return out
@@ -117,52 +124,58 @@ class DesBackend:
     # ------------------------------------------------------------ internals
     def _admit(self, step: StepPlan) -> None:
         """Check names and deps (raising before any state changes), then register."""
+        done, pending = self._done, self._pending
         names = {op.name for op in step.ops}
         if len(names) != len(step.ops):
             raise ValueError(f"step {step.step}: duplicate op names")
-        for n in names:
-            if n in self._done or n in self._pending:
-                raise ValueError(f"step {step.step}: op name {n} was already used by an earlier step")
-        contiguous = all(s in self._steps_seen for s in range(step.step))
-        outstanding: Dict[str, List[str]] = {}
+        if not names.isdisjoint(done) or not names.isdisjoint(pending):
+            reused = sorted(n for n in names if n in done or n in pending)[:3]
+            raise ValueError(f"step {step.step}: op names {reused} were already used by an earlier step")
+        # Unknown deps are fine only if some earlier step was skipped (fast fidelity).
+        contiguous = step.step <= self._first_gap
+        outstanding: List[List[str]] = []
         for op in step.ops:
-            waits = []
-            for d in op.deps:
-                if d in self._done:
-                    continue
-                if d in names or d in self._pending:
-                    waits.append(d)
-                elif contiguous:
-                    raise ValueError(f"step {step.step}: op {op.name} depends on unknown op {d}")
-                # else: an op of a step this backend skipped; it counts as done
-            outstanding[op.name] = waits
-        for op in step.ops:
-            waits = outstanding[op.name]
-            self._pending[op.name] = len(waits)
+            waits = [d for d in op.deps if d not in done]
             for d in waits:
-                self._waiters.setdefault(d, []).append(op)
+                if d not in names and d not in pending:
+                    if contiguous:
+                        raise ValueError(f"step {step.step}: op {op.name} depends on unknown op {d}")
+                    waits = [d for d in waits if d in names or d in pending]  # skipped step: done
+                    break
+            outstanding.append(waits)
+        waiters = self._waiters
+        for op, waits in zip(step.ops, outstanding):
+            pending[op.name] = len(waits)
+            for d in waits:
+                waiters.setdefault(d, []).append(op)
+        self._steps_seen.add(step.step)
+        while self._first_gap in self._steps_seen:
+            self._first_gap += 1
 
-    def _node(self, endpoint: str) -> str:
-        node = self._nodes.get(endpoint)
-        if node is None:
-            node = self._nodes[endpoint] = endpoint_node(endpoint)
-            if node not in self.topology.parent:
-                raise ValueError(f"endpoint {endpoint!r} is not in hardware {self.hw.name}")
-        return node
+    def _route(self, src: str, dst: str) -> Tuple[str, str, str]:
+        """(source node, destination node, span resource) for plan endpoints, cached."""
+        r = self._routes.get((src, dst))
+        if r is None:
+            nodes = []
+            for endpoint in (src, dst):
+                node = endpoint_node(endpoint)
+                if node not in self.topology.parent:
+                    raise ValueError(f"endpoint {endpoint!r} is not in hardware {self.hw.name}")
+                nodes.append(node)
+            r = self._routes[(src, dst)] = (nodes[0], nodes[1], f"{src}->{dst}")
+        return r
 
     def _launch(self, op: Op) -> None:
-        if isinstance(op, Transfer):
-            src, dst = self._node(op.src), self._node(op.dst)
-            if src == dst or op.nbytes <= 0:
+        """Start `op` now on its flow or device; `_completed` runs when it ends."""
+        if isinstance(op, (Transfer, Spill)):
+            src = op.src if isinstance(op, Transfer) else getattr(op, "src", "dram")  # older Spill: dram
+            a, b, resource = self._route(src, op.dst)
+            if a == b or op.nbytes <= 0:
                 ev = Deferred(self.env).fire_in(0.0)
             else:
-                ev = self.flows.start(src, dst, op.nbytes, op.req_bytes)
+                ev = self.flows.start(a, b, op.nbytes, op.req_bytes)
             ev.start_s = self.env.now
-            ev.resource = f"{op.src}->{op.dst}"
-        elif isinstance(op, Spill):
-            ev = self.flows.start("dram", self._node(op.dst), op.nbytes, op.req_bytes)
-            ev.start_s = self.env.now
-            ev.resource = f"dram->{op.dst}"
+            ev.nbytes = op.nbytes
         else:
             dev = self.devices.get(op.device)  # type: ignore[attr-defined]
             if dev is None:
@@ -171,8 +184,10 @@ class DesBackend:
                 )
             ev = dev.submit(op)
             ev.start_s = None  # the device's value: when service began
-            ev.resource = dev.name
+            resource = dev.name
+            ev.nbytes = op.nbytes if isinstance(op, DenseCompute) else op.kv_bytes  # type: ignore[attr-defined]
         ev.op = op
+        ev.resource = resource
         ev.callbacks.append(self._completed)
 
     def _completed(self, ev: Deferred) -> None:
@@ -182,15 +197,17 @@ class DesBackend:
         self._done.add(name)
         if self.record:
             start_s = ev.start_s if ev.start_s is not None else ev.value
-            nbytes = getattr(op, "nbytes", 0) or getattr(op, "kv_bytes", 0)
             self._spans.append(
-                Span(name, op.kind, op.what, ev.resource, op.step, op.layer, start_s, self.env.now, nbytes)
+                Span(name, type(op).__name__, op.what, ev.resource, op.step, op.layer, start_s, self.env.now, ev.nbytes)
             )
-        for w in self._waiters.pop(name, ()):
-            left = self._pending[w.name] - 1
-            self._pending[w.name] = left
-            if left == 0:
-                self._launch(w)
+        waiters = self._waiters.pop(name, None)
+        if waiters:
+            pending = self._pending
+            for w in waiters:
+                left = pending[w.name] - 1
+                pending[w.name] = left
+                if left == 0:
+                    self._launch(w)
         if not isinstance(op, Spill):
             self._step_left -= 1
             if self._step_left == 0:

@@ -5,10 +5,10 @@ nbytes, req_bytes)` returns a simpy event that fires when the last byte has
 arrived. Units: bytes, seconds, `*_Bps` = bytes/s (link specs are GB/s = 1e9 B/s).
 
 The model
-- A flow crosses the (link, direction) pairs of `Topology.path`; each such pair
-  with at least one active flow is a `_Channel`. Concurrent flows get max-min fair
-  rates (progressive filling), recomputed whenever a flow starts or ends. Nothing
-  about RAID0 or shared uplinks is written in: it falls out of the sharing.
+- A flow crosses the (link, direction) pairs of `Topology.path`, each a
+  `_Channel`. Concurrent flows get max-min fair rates (progressive filling),
+  recomputed whenever a flow starts or ends. Nothing about RAID0 or shared
+  uplinks is written in: it falls out of the sharing.
 - Media links (`Link.is_media`, an SSD's flash) have a capacity that depends on
   request size. A flow is capped by the curve at its *own* request size; the
   channel's shared capacity is the curve at the *largest* request size among its
@@ -19,18 +19,20 @@ The model
   fluid phase. A lone flow therefore takes nbytes / bottleneck + latency.
 
 Performance (a run has ~500K flows): no process per flow, only callbacks; only
-channels with active flows exist; one recomputation per timestamp (it runs at a
-priority after every ordinary event of that instant, so all flows started or
-ended "now" are batched); a recomputation touches only the flows coupled to the
-change through *tight* channels. A channel is slack when the sum of its flows'
-solo caps fits its capacity: it can never limit anyone, so it neither couples
-flows nor enters the filling (e.g. host DRAM, which every host flow crosses).
+channels that carry flows are ever visited; one recomputation per timestamp (it
+runs at a priority after every ordinary event of that instant, so all flows
+started or ended "now" are batched); a recomputation touches only the flows
+coupled to the change through *tight* channels. A channel is slack when the sum
+of its flows' solo caps fits its capacity: it can never limit anyone, so it
+neither couples flows nor enters the filling (e.g. host DRAM, which every host
+flow crosses). A flow that starts where every channel stays slack gets its solo
+cap at once, with no recomputation.
 """
 from __future__ import annotations
 
 import heapq
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import simpy
 from simpy.events import NORMAL
@@ -62,55 +64,102 @@ class Flow:
     between recomputations it drains at `rate_Bps`."""
 
     __slots__ = ("nbytes", "req_bytes", "channels", "cap_Bps", "latency_s", "done",
-                 "bytes_left", "rate_Bps", "mark_s", "version", "path")
+                 "bytes_left", "rate_Bps", "mark_s", "version")
 
-    def __init__(self, nbytes: int, req_bytes: int, path, cap_Bps: float, latency_s: float, done, now: float):
+    def __init__(self, nbytes: int, req_bytes: int, channels, cap_Bps: float, latency_s: float, done, now: float):
         self.nbytes = nbytes
         self.req_bytes = req_bytes
-        self.path = path
-        self.channels: List[_Channel] = []
+        self.channels: Tuple[_Channel, ...] = channels
         self.cap_Bps = cap_Bps  # the flow alone: min over its links at its request size
         self.latency_s = latency_s
         self.done = done
         self.bytes_left = float(nbytes)
         self.rate_Bps = 0.0
         self.mark_s = now
-        self.version = 0  # bumped on every rate change; stale heap entries are skipped
+        self.version = 0  # bumped on every rate change, -1 once ended; stale heap entries are skipped
+
+
+class _LinkBusy:
+    """Busy time of one link (either direction carrying a flow counts)."""
+
+    __slots__ = ("active", "since_s", "total_s")
+
+    def __init__(self):
+        self.active = 0
+        self.since_s = 0.0
+        self.total_s = 0.0
 
 
 class _Channel:
-    """One direction of one link while it carries flows."""
+    """One direction of one link. Kept once made (cheap), but only channels with
+    flows are ever visited; `tight` is kept current on every add/remove."""
 
-    __slots__ = ("key", "link", "direction", "flows", "capacity_Bps", "solo_sum_Bps", "since_s")
+    __slots__ = ("key", "link", "media", "curve_Bps", "reqs", "flows", "capacity_Bps", "solo_sum_Bps",
+                 "tight", "bytes", "busy")
 
-    def __init__(self, key: Key, link: Link, now: float):
+    def __init__(self, key: Key, link: Link, busy: _LinkBusy):
         self.key = key
         self.link = link
-        self.direction = key[1]
+        self.media = link.is_media
+        self.curve_Bps: Dict[int, float] = {}  # media: request size -> B/s (np.interp is slow)
+        self.reqs: Dict[int, int] = {}  # media: request size -> active flows using it
         self.flows: Dict[Flow, None] = {}  # insertion-ordered set: deterministic float sums
-        self.capacity_Bps = 0.0 if link.is_media else link.gbps(key[1]) * 1e9
+        self.capacity_Bps = 0.0 if self.media else link.gbps(key[1]) * 1e9
         self.solo_sum_Bps = 0.0
-        self.since_s = now
+        self.tight = False  # can this channel limit a flow? (else each gets its solo cap here)
+        self.bytes = 0  # bytes of flows that crossed it
+        self.busy = busy
 
-    @property
-    def tight(self) -> bool:
-        """Can this channel limit a flow? (Otherwise every flow gets its solo cap here.)"""
-        return self.solo_sum_Bps > self.capacity_Bps * (1.0 + _REL)
+    def rate_at(self, req_bytes: int) -> float:
+        """Capacity in B/s; for media links at a request size."""
+        if not self.media:
+            return self.capacity_Bps
+        v = self.curve_Bps.get(req_bytes)
+        if v is None:
+            v = self.curve_Bps[req_bytes] = self.link.gbps(self.key[1], req_bytes) * 1e9
+        return v
 
-    def media_Bps(self, req_bytes: int) -> float:
-        return self.link.gbps(self.direction, req_bytes) * 1e9
-
-    def add(self, f: Flow) -> None:
+    def add(self, f: Flow, now: float) -> bool:
+        """Add a flow; return whether the channel was tight before."""
+        was_tight = self.tight
+        if not self.flows:
+            b = self.busy
+            if b.active == 0:
+                b.since_s = now
+            b.active += 1
         self.flows[f] = None
         self.solo_sum_Bps += f.cap_Bps
-        if self.link.is_media:
-            self.capacity_Bps = max(self.capacity_Bps, self.media_Bps(f.req_bytes))
+        if self.media:
+            self.reqs[f.req_bytes] = self.reqs.get(f.req_bytes, 0) + 1
+            self.capacity_Bps = max(self.capacity_Bps, self.rate_at(f.req_bytes))
+        self.tight = self.solo_sum_Bps > self.capacity_Bps * (1.0 + _REL)
+        return was_tight
 
-    def remove(self, f: Flow) -> None:
+    def remove(self, f: Flow, now: float) -> bool:
+        """Remove a flow; return whether the others' rates may change (tight before or after)."""
+        was_tight = self.tight
         del self.flows[f]
+        if not self.flows:
+            self.solo_sum_Bps = 0.0  # reset: no round-off carried into the next busy period
+            self.tight = False
+            if self.media:
+                self.capacity_Bps = 0.0
+                self.reqs.clear()
+            b = self.busy
+            b.active -= 1
+            if b.active == 0:
+                b.total_s += now - b.since_s
+            return False
         self.solo_sum_Bps -= f.cap_Bps
-        if self.link.is_media and self.flows:
-            self.capacity_Bps = self.media_Bps(max(g.req_bytes for g in self.flows))
+        if self.media:
+            left = self.reqs[f.req_bytes] - 1
+            if left:
+                self.reqs[f.req_bytes] = left
+            else:  # the last flow at this request size: capacity may drop to the next largest
+                del self.reqs[f.req_bytes]
+                self.capacity_Bps = max(self.rate_at(r) for r in self.reqs)
+        self.tight = self.solo_sum_Bps > self.capacity_Bps * (1.0 + _REL)
+        return was_tight or self.tight
 
 
 class FlowNetwork:
@@ -119,44 +168,36 @@ class FlowNetwork:
     def __init__(self, env: simpy.Environment, topology: Topology):
         self.env = env
         self.topology = topology
-        self.bytes_by_link: Dict[str, int] = {}
-        self.bytes_by_dir: Dict[Key, int] = {}
-        self._busy_s: Dict[str, float] = {}  # closed busy intervals per link name
-        self._busy_since: Dict[str, Tuple[float, int]] = {}  # link -> (since, active directions)
+        self.active = 0  # flows in the fluid phase
         self._channels: Dict[Key, _Channel] = {}
-        self._routes: Dict[Tuple[str, str, int], Tuple[tuple, float, float]] = {}
+        self._busy: Dict[str, _LinkBusy] = {}
+        self._routes: Dict[Tuple[str, str, int], Tuple[Tuple[_Channel, ...], float, float]] = {}
         self._heap: List[tuple] = []  # (finish_s, seq, flow, version)
         self._seq = 0
         self._timer_at = math.inf
         self._new: List[Flow] = []
         self._seeds: Dict[_Channel, None] = {}
         self._recompute_armed = False
-        self.active = 0
 
     # ------------------------------------------------------------------ public
     def start(self, src: str, dst: str, nbytes: int, req_bytes: int = 0) -> Deferred:
         """Send `nbytes` from node `src` to node `dst` in requests of `req_bytes`
         (0: one request). The event fires when the last byte has arrived."""
-        env = self.env
-        done = Deferred(env)
-        path, cap_Bps, latency_s = self._route(src, dst, req_bytes)
-        if not path or nbytes <= 0:
+        done = Deferred(self.env)
+        channels, cap_Bps, latency_s = self._route(src, dst, req_bytes)
+        if not channels or nbytes <= 0:
             return done.fire_in(latency_s if nbytes > 0 else 0.0)
-        f = Flow(nbytes, req_bytes, path, cap_Bps, latency_s, done, env.now)
-        now = env.now
+        now = self.env.now
+        f = Flow(nbytes, req_bytes, channels, cap_Bps, latency_s, done, now)
         loose = True
-        for key in path:
-            ch = self._channels.get(key)
-            if ch is None:
-                ch = self._open(key, now)
-            was_tight = ch.tight
-            ch.add(f)
-            f.channels.append(ch)
-            if was_tight:
+        for ch in channels:
+            if ch.add(f, now):
                 # A larger request can raise a media channel's capacity: its
                 # other flows may speed up even if this one is not limited here.
                 self._seeds[ch] = None
-            loose = loose and not was_tight and not ch.tight
+                loose = False
+            elif ch.tight:
+                loose = False
         self.active += 1
         if loose:
             # Every channel it crosses stays slack: it runs at its solo cap and
@@ -168,42 +209,45 @@ class FlowNetwork:
             self._arm_recompute()
         return done
 
-    def busy_s(self) -> Dict[str, float]:
-        """Per link name: seconds during which it carried at least one flow (either direction)."""
-        out = dict(self._busy_s)
-        for name, (since, _) in self._busy_since.items():
-            out[name] = out.get(name, 0.0) + self.env.now - since
+    @property
+    def bytes_by_dir(self) -> Dict[Key, int]:
+        """(link, direction) -> bytes of the flows that crossed it (counted at their end)."""
+        return {k: ch.bytes for k, ch in self._channels.items() if ch.bytes}
+
+    @property
+    def bytes_by_link(self) -> Dict[str, int]:
+        """Link name -> bytes that crossed it, both directions summed."""
+        out: Dict[str, int] = {}
+        for (name, _), ch in self._channels.items():
+            if ch.bytes:
+                out[name] = out.get(name, 0) + ch.bytes
         return out
+
+    def busy_s(self) -> Dict[str, float]:
+        """Link name -> seconds during which it carried at least one flow (either direction)."""
+        now = self.env.now
+        return {name: b.total_s + (now - b.since_s if b.active else 0.0) for name, b in self._busy.items()}
 
     # ----------------------------------------------------------------- routing
     def _route(self, src: str, dst: str, req_bytes: int):
-        """(path, solo cap in B/s, summed latency in s), cached per (src, dst, req)."""
+        """(channels, solo cap in B/s, summed latency in s), cached per (src, dst, req)."""
         r = self._routes.get((src, dst, req_bytes))
         if r is None:
             topo = self.topology
-            path = topo.path(src, dst)
-            cap = min((topo.links[n].gbps(d, req_bytes) * 1e9 for n, d in path), default=math.inf)
-            if path and cap <= 0:
+            channels = tuple(self._channel(key) for key in topo.path(src, dst))
+            cap = min((ch.rate_at(req_bytes) for ch in channels), default=math.inf)
+            if channels and cap <= 0:
                 raise ValueError(f"flow {src}->{dst} crosses a link with no bandwidth")
-            r = (path, cap, topo.latency_s(src, dst))
+            r = (channels, cap, topo.latency_s(src, dst))
             self._routes[(src, dst, req_bytes)] = r
         return r
 
-    def _open(self, key: Key, now: float) -> _Channel:
-        ch = self._channels[key] = _Channel(key, self.topology.links[key[0]], now)
-        name = key[0]
-        since, n = self._busy_since.get(name, (now, 0))
-        self._busy_since[name] = (since, n + 1)
+    def _channel(self, key: Key) -> _Channel:
+        ch = self._channels.get(key)
+        if ch is None:
+            busy = self._busy.setdefault(key[0], _LinkBusy())
+            ch = self._channels[key] = _Channel(key, self.topology.links[key[0]], busy)
         return ch
-
-    def _close(self, ch: _Channel, now: float) -> None:
-        del self._channels[ch.key]
-        name = ch.key[0]
-        since, n = self._busy_since.pop(name)
-        if n > 1:
-            self._busy_since[name] = (since, n - 1)
-        else:
-            self._busy_s[name] = self._busy_s.get(name, 0.0) + now - since
 
     # ---------------------------------------------------------- rate changes
     def _set_rate(self, f: Flow, rate_Bps: float, now: float) -> None:
@@ -240,14 +284,13 @@ class FlowNetwork:
                 continue
             flows[f] = None
             for ch in f.channels:
-                if ch not in channels and ch.tight:
+                if ch.tight and ch not in channels:
                     channels[ch] = None
                     stack.extend(ch.flows)
         if not flows:
             return
         now = self.env.now
-        rates = _fill(flows, channels)
-        for f, r in rates.items():
+        for f, r in _fill(flows, channels).items():
             if r != f.rate_Bps:
                 self._set_rate(f, r, now)
         self._arm_timer()
@@ -277,58 +320,60 @@ class FlowNetwork:
     def _end(self, f: Flow, now: float) -> None:
         f.version = -1
         self.active -= 1
+        n = f.nbytes
         for ch in f.channels:
-            was_tight = ch.tight
-            ch.remove(f)
-            if not ch.flows:
-                self._close(ch, now)
-                self._seeds.pop(ch, None)
-            elif was_tight or ch.tight:
+            ch.bytes += n
+            if ch.remove(f, now):
                 self._seeds[ch] = None  # its other flows may now go faster
-        for key in f.path:
-            self.bytes_by_dir[key] = self.bytes_by_dir.get(key, 0) + f.nbytes
-            self.bytes_by_link[key[0]] = self.bytes_by_link.get(key[0], 0) + f.nbytes
-        f.channels = []
         if self._seeds:
             self._arm_recompute()
         f.done.fire_in(f.latency_s)
 
 
+def _cap(f: Flow) -> float:
+    return f.cap_Bps
+
+
 def _fill(flows: Dict[Flow, None], channels: Dict[_Channel, None]) -> Dict[Flow, float]:
-    """Max-min fair rates by progressive filling. `channels` are the tight channels
-    of this component (each with all its flows in `flows`); slack channels are
-    left out because they cannot bind. Each flow is also capped by its solo cap."""
-    rem = {ch: ch.capacity_Bps for ch in channels}
-    cnt = {ch: len(ch.flows) for ch in channels}
-    by_cap = sorted(flows, key=lambda f: f.cap_Bps)
+    """Max-min fair rates by progressive filling: raise every unfrozen flow's rate
+    together; a flow freezes when it reaches its solo cap or a channel it crosses
+    fills up. `channels` are the tight channels of this component (each with all
+    its flows in `flows`); slack channels are left out because they cannot bind."""
+    rem = {ch: ch.capacity_Bps for ch in channels}  # capacity not yet given to frozen flows
+    cnt = {ch: len(ch.flows) for ch in channels}  # unfrozen flows; a channel leaves when 0
+    order = sorted(flows, key=_cap)
     rates: Dict[Flow, float] = {}
-    i = 0
-    while len(rates) < len(by_cap):
-        while by_cap[i] in rates:
+    i, n = 0, len(order)
+    while i < n:
+        if order[i] in rates:
             i += 1
-        cap_level = by_cap[i].cap_Bps
-        link_level = math.inf
-        for ch, n in cnt.items():
-            if n and rem[ch] / n < link_level:
-                link_level = rem[ch] / n
-        level = min(cap_level, link_level)
-        limit = level * (1.0 + _REL)
+            continue
+        level = order[i].cap_Bps
+        for ch, k in cnt.items():
+            if rem[ch] < level * k:
+                level = rem[ch] / k
+        limit = level * (1.0 + _REL)  # ties within round-off freeze together
         frozen: List[Flow] = []
-        for f in by_cap[i:]:
-            if f.cap_Bps > limit:
-                break
-            if f not in rates:
-                frozen.append(f)
-        for ch, n in cnt.items():
-            if n and rem[ch] / n <= limit:
-                frozen.extend(f for f in ch.flows if f not in rates)
+        j = i
+        while j < n and order[j].cap_Bps <= limit:
+            frozen.append(order[j])
+            j += 1
+        for ch, k in cnt.items():
+            if rem[ch] <= limit * k:
+                frozen.extend(ch.flows)
         for f in frozen:
             if f in rates:
                 continue
-            r = min(level, f.cap_Bps)
+            r = f.cap_Bps if f.cap_Bps < level else level
             rates[f] = r
             for ch in f.channels:
-                if ch in cnt:
-                    rem[ch] = max(rem[ch] - r, 0.0)
-                    cnt[ch] -= 1
+                k = cnt.get(ch)
+                if k is None:
+                    continue
+                if k == 1:
+                    del cnt[ch], rem[ch]
+                else:
+                    cnt[ch] = k - 1
+                    left = rem[ch] - r
+                    rem[ch] = left if left > 0.0 else 0.0
     return rates

@@ -1,0 +1,200 @@
+"""DesBackend: exact times of hand-written step plans, and its speed on a plan of
+realistic shape (`pytest -m slow tests/test_des_backend.py -s` prints ops/s)."""
+import time
+
+import pytest
+from inf2sim.config import _to_spec, load_group
+from inf2sim.des import DesBackend
+from inf2sim.driver import drive
+from inf2sim.plan import Attention, DenseCompute, Spill, StepPlan, Transfer
+from inf2sim.specs import ChassisSpec, CpuSpec, CsdSpec, GpuSpec, HardwareProfile, HostSpec, LinkSpec, StorageSpec
+
+GB = 10**9
+MiB = 1 << 20
+
+# Round numbers: GPU 1 TFLOP/s, its link 1 GB/s; one CSD whose flash reads at
+# 1 GB/s and writes at 0.5 GB/s; every other link faster; no latencies.
+TINY = HardwareProfile(
+    name="tiny",
+    gpu=GpuSpec(fp16_tflops=1, mem_gbps=1000, gemm_efficiency=1, attention_efficiency=1, link=LinkSpec(1, 1, 0)),
+    cpu=CpuSpec(attention_gbps=1, gemm_gflops=1),
+    host=HostSpec(dram=LinkSpec(100, 100, 0)),
+    ssd_count=0,
+    csd_count=1,
+    chassis=ChassisSpec(uplink=LinkSpec(4, 4, 0), port=LinkSpec(4, 4, 0), csds_per_port=2),
+    csd=CsdSpec(host_link=LinkSpec(2, 2, 0), internal_link=LinkSpec(2, 2, 0),
+                ssd=StorageSpec(req_kib=[4, 1024], read_gbps=[1, 1], write_gbps=[0.5, 0.5])),
+)
+
+
+def xfer(name, src, dst, nbytes, deps=(), step=0, req=0):
+    return Transfer(name, tuple(deps), step, 0, 0, "kv", src=src, dst=dst, nbytes=nbytes, req_bytes=req)
+
+
+def gemm(name, tflop, deps=(), step=0, device="gpu"):
+    return DenseCompute(name, tuple(deps), step, 0, 0, "mlp", device=device, flops=tflop * 1e12)
+
+
+def spill(name, nbytes, deps=(), step=0):
+    return Spill(name, tuple(deps), step, 0, 0, "kv_new", dst="csd0.ssd", nbytes=nbytes, req_bytes=MiB)
+
+
+def step(s, *ops):
+    return StepPlan(s, "decode", 1, 1, tuple(ops))
+
+
+def times(spans):
+    """name -> (start_s, end_s), compared to hand-computed values up to float round-off."""
+    return {sp.name: pytest.approx((sp.start_s, sp.end_s), rel=1e-12) for sp in spans}
+
+
+def test_steps_with_deps_queues_spills_and_skipped_steps():
+    be = DesBackend(TINY)
+    got0 = be.execute(step(
+        0,
+        xfer("t0", "dram", "gpu", GB),             # 0..1 at the GPU link's 1 GB/s
+        gemm("c1", 0.5),                           # no deps: 0..0.5
+        gemm("c0", 1.0, deps=["t0"]),              # after t0: 1..2
+        gemm("c2", 0.5, deps=["t0"]),              # ready at 1, queues behind c0: 2..2.5
+        spill("sp", 3 * GB // 2),                  # 1.5 GB at 0.5 GB/s write: 0..3, off the critical path
+    ))
+    assert times(got0) == {
+        "t0": (0.0, 1.0), "c1": (0.0, 0.5), "c0": (1.0, 2.0), "c2": (2.0, 2.5)}
+    assert be.now_s == pytest.approx(2.5)
+
+    got1 = be.execute(step(
+        1,
+        gemm("c3", 1.0, deps=["c2"], step=1),                                  # 2.5..3.5
+        xfer("r", "csd0.ssd", "csd0.fpga", GB, deps=["sp"], step=1, req=MiB),  # waits for the spill: 3..4
+    ))
+    assert times(got1) == {"sp": (0.0, 3.0), "c3": (2.5, 3.5), "r": (3.0, 4.0)}
+    assert be.now_s == pytest.approx(4.0)
+
+    # Step 2 was skipped (fast fidelity): a dep on one of its ops counts as done.
+    got3 = be.execute(step(
+        3,
+        xfer("x", "gpu", "dram", GB, deps=["s2.never_run"], step=3),  # 4..5
+        spill("sp2", GB, step=3),                                     # 4..6, drained by finish()
+    ))
+    assert times(got3) == {"x": (4.0, 5.0)}
+    rest = be.finish()
+    assert times(rest) == {"sp2": (4.0, 6.0)}
+    assert be.now_s == pytest.approx(6.0)
+
+    sp = next(s for s in got1 if s.name == "sp")
+    assert (sp.kind, sp.resource, sp.step, sp.nbytes) == ("Spill", "dram->csd0.ssd", 0, 3 * GB // 2)
+    c3 = next(s for s in got1 if s.name == "c3")
+    assert (c3.kind, c3.resource, c3.what) == ("DenseCompute", "gpu", "mlp")
+    assert next(s for s in got0 if s.name == "t0").resource == "dram->gpu"
+
+    assert be.bytes_by_link["gpu"] == 2 * GB
+    assert be.bytes_by_link["csd0.nand"] == 3 * GB // 2 + GB + GB
+    assert be.bytes_by_link_dir[("csd0.nand", "down")] == 3 * GB // 2 + GB
+    assert be.bytes_by_link_dir[("dram", "up")] == GB + 3 * GB // 2 + GB
+    busy = be.busy_s
+    assert busy["gpu"] == pytest.approx(3.0)          # device: summed service time
+    assert busy["link:gpu"] == pytest.approx(2.0)     # 0..1 and 4..5
+    assert busy["link:csd0.nand"] == pytest.approx(6.0)
+
+
+def test_transfers_share_links_inside_a_step():
+    be = DesBackend(TINY)
+    got = be.execute(step(0, xfer("a", "dram", "gpu", GB), xfer("b", "dram", "gpu", GB),
+                          xfer("local", "gpu", "gpu", GB), xfer("empty", "dram", "gpu", 0)))
+    assert times(got) == {
+        "a": (0.0, 2.0), "b": (0.0, 2.0), "local": (0.0, 0.0), "empty": (0.0, 0.0)}
+
+
+@pytest.mark.parametrize("slots, ends", [(1, (1.0, 2.0)), (2, (1.0, 1.0))])
+def test_cpu_slots(slots, ends):
+    be = DesBackend(TINY, cpu_slots=slots)
+    ops = [Attention(f"a{i}", (), 0, 0, 0, "attn", device="cpu", rows=(0, 1), tokens=(0, 1), kv_bytes=GB)
+           for i in range(2)]
+    got = be.execute(step(0, *ops))
+    assert tuple(sorted(s.end_s for s in got)) == pytest.approx(ends)
+    assert be.busy_s["cpu"] == pytest.approx(2.0)
+
+
+def test_bad_plans_are_rejected():
+    with pytest.raises(ValueError, match="unknown op"):
+        DesBackend(TINY).execute(step(0, gemm("c", 1.0, deps=["nope"])))
+    be = DesBackend(TINY)
+    be.execute(step(0, gemm("c", 0.1)))
+    with pytest.raises(ValueError, match="already used"):
+        be.execute(step(1, gemm("c", 0.1, step=1)))
+    with pytest.raises(ValueError, match="not in hardware"):
+        DesBackend(TINY).execute(step(0, xfer("t", "dram", "csd5.fpga", GB)))
+    with pytest.raises(ValueError, match="csd_count"):
+        DesBackend(TINY).execute(step(0, Attention("a", (), 0, 0, 0, "attn", device="csd3.fpga", rows=(0, 1), tokens=(0, 8))))
+    with pytest.raises(RuntimeError, match="cannot finish"):
+        DesBackend(TINY).execute(step(0, gemm("p", 0.1, deps=["q"]), gemm("q", 0.1, deps=["p"])))
+
+
+# ----------------------------------------------------------------- speed
+def paper_a100() -> HardwareProfile:
+    # no public "load one hardware profile" helper yet; this is what the config loader does
+    return _to_spec(HardwareProfile, load_group("hardware", "paper_a100"), "hardware")
+
+
+def ans_like_steps(num_steps, layers=48, csds=16, spill_every=4):
+    """The shape of an attention-near-storage decode step (OPT-30B-ish sizes):
+    per layer a weight prefetch, QKV on the GPU, q down to every CSD, a P2P KV
+    read and attention on each CSD, outputs up, the post-attention block on the
+    GPU; every `spill_every` steps each CSD gets a write-back. ~70 ops/layer."""
+    for s in range(num_steps):
+        ops = []
+        for l in range(layers):
+            p = f"s{s}.l{l}"
+            prev = f"s{s}.l{l - 1}" if l else f"s{s - 1}.l{layers - 1}"
+            w_deps = (f"{prev}.qkv",) if (l or s) else ()
+            ops.append(xfer(f"{p}.w", "dram", "gpu", 1_200_000_000 // 4, deps=w_deps, step=s))
+            post_prev = (f"{prev}.post",) if (l or s) else ()
+            ops.append(DenseCompute(f"{p}.qkv", (f"{p}.w",) + post_prev, s, l, 0, "qkv", device="gpu",
+                                    flops=2 * 32 * 7168 * 3 * 7168, nbytes=3 * 7168 * 7168 * 2))
+            ops.append(xfer(f"{p}.qd", "gpu", "dram", 3 * 32 * 7168 * 2, deps=[f"{p}.qkv"], step=s))
+            outs = []
+            for i in range(csds):
+                ops.append(xfer(f"{p}.q{i}", "dram", f"csd{i}.fpga", 3 * 2 * 7168 * 2, deps=[f"{p}.qd"], step=s))
+                kv_deps = (f"{prev}.a{i}",) if (l or s) else ()
+                kv = 2 * 4 * 56 * 600 * 128 * 2 // csds
+                ops.append(xfer(f"{p}.kv{i}", f"csd{i}.ssd", f"csd{i}.fpga", kv, deps=kv_deps, step=s, req=MiB))
+                ops.append(Attention(f"{p}.a{i}", (f"{p}.q{i}", f"{p}.kv{i}"), s, l, 0, "attn", device=f"csd{i}.fpga",
+                                     rows=(0, 2 * 56 // csds), tokens=(0, 600), stored_len=596, kv_bytes=kv))
+                ops.append(xfer(f"{p}.o{i}", f"csd{i}.fpga", "dram", 2 * 56 // csds * 128 * 2, deps=[f"{p}.a{i}"], step=s))
+                outs.append(f"{p}.o{i}")
+                if s % spill_every == spill_every - 1:
+                    ops.append(Spill(f"{p}.sp{i}", (f"{p}.qd",), s, l, 0, "kv_new", dst=f"csd{i}.ssd",
+                                     nbytes=spill_every * 2 * 7168 * 2 * 2, req_bytes=0))
+            ops.append(xfer(f"{p}.ad", "dram", "gpu", 32 * 7168 * 2, deps=outs, step=s))
+            ops.append(DenseCompute(f"{p}.post", (f"{p}.ad", f"{p}.qkv"), s, l, 0, "post", device="gpu",
+                                    flops=2 * 32 * 7168 * 9 * 7168, nbytes=9 * 7168 * 7168 * 2))
+        yield StepPlan(s, "decode", 600 + s, 1, tuple(ops))
+
+
+def test_realistic_shape_runs_to_completion():
+    hw = paper_a100()
+    steps = list(ans_like_steps(4, layers=4))
+    spans = drive(steps, DesBackend(hw))
+    assert len(spans) == sum(len(s.ops) for s in steps)
+    assert all(sp.end_s >= sp.start_s for sp in spans)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("record", [True, False])
+def test_speed_on_a_realistic_plan(record):
+    """Times only the backend (execute + finish); steps are built lazily, as the
+    driver does, so the plan is never all in memory."""
+    hw = paper_a100()
+    be = DesBackend(hw, record=record)
+    n_ops, n_spans, wall = 0, 0, 0.0
+    for st in ans_like_steps(120):
+        n_ops += len(st.ops)
+        t0 = time.perf_counter()
+        n_spans += len(be.execute(st))
+        wall += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    n_spans += len(be.finish())
+    wall += time.perf_counter() - t0
+    print(f"\nDesBackend record={record}: {n_ops} ops in {wall:.2f} s = {n_ops / wall:,.0f} ops/s; "
+          f"simulated {be.now_s:.2f} s")
+    assert n_ops >= 390_000 and n_spans == (n_ops if record else 0)
