@@ -35,6 +35,7 @@ def _sampled_steps(gen_len: int, windows: int, width: int) -> List[int]:
     n_dec = gen_len - 1
     if n_dec <= 0:
         return [0]
+    windows = min(windows, max(2, n_dec // (2 * width)))  # sample at most about half the steps
     if windows * width >= n_dec:
         return list(range(gen_len))
     starts = np.linspace(1, max(1, n_dec - width + 1), windows).round().astype(int)
