@@ -21,7 +21,6 @@ where `peak` is fp16_tflops for 2-byte dtypes and fp32_tflops for 4-byte ones.
 from __future__ import annotations
 
 import functools
-import math
 from typing import Union
 
 from .plan import Attention, DenseCompute
@@ -85,35 +84,13 @@ def _gpu_peak_flops(hw: HardwareProfile, dtype_bytes: int) -> float:
     return _positive(hw.gpu.fp32_tflops, "gpu.fp32_tflops", hw) * 1e12
 
 
-def _fallback_fpga_attention_seconds(
-    fpga: FpgaSpec, rows: int, ctx_len: int, group: int, head_dim: int, n_tail: int = 0
-) -> float:
-    """TEMPORARY stand-in for `inf2sim.accel.attention_seconds`, used only when that
-    module cannot be imported (it is written concurrently). Same arguments: ctx_len
-    stored positions plus n_tail tail positions. A plain cycle count: q·Kᵀ and P·V
-    take head_dim MACs per (query head, position) each on `macs * group` MAC units,
-    plus a pipeline fill/drain per 128-token block and pass. Delete once accel lands."""
-    positions = ctx_len + n_tail
-    if fpga.rate_gbps > 0:
-        return 2.0 * rows * positions * head_dim * 2 / (fpga.rate_gbps * 1e9)  # fp16 K and V
-    if fpga.clock_mhz <= 0 or fpga.macs <= 0:
-        raise ValueError("csd.fpga: clock_mhz and macs must be > 0 (or rate_gbps > 0) to time attention")
-    macs = 2.0 * rows * group * positions * head_dim
-    blocks = rows * math.ceil(positions / max(fpga.block_tokens, 1))
-    cycles = macs / (fpga.macs * group) + 2 * blocks * fpga.pipeline_depth
-    return cycles / (fpga.clock_mhz * 1e6)
-
-
 @functools.lru_cache(maxsize=8192)
 def fpga_attention_seconds(fpga: FpgaSpec, rows: int, ctx_len: int, group: int, head_dim: int, n_tail: int = 0) -> float:
-    """The kernel's own cycle model (`inf2sim.accel`), memoised: a run asks for the
-    same few shapes hundreds of thousands of times and the model walks every block."""
-    try:
-        from .accel import attention_seconds  # imported lazily: written concurrently
-    except ImportError:
-        # inf2sim.accel does not exist in this checkout yet: use the clearly
-        # temporary cycle count above so the DES stays usable meanwhile.
-        attention_seconds = _fallback_fpga_attention_seconds
+    """The kernel's own cycle model (`inf2sim.accel`; ctx_len stored positions plus
+    n_tail tail positions), memoised: a run asks for the same few shapes hundreds of
+    thousands of times and the model walks every block of every row."""
+    from .accel import attention_seconds  # lazily: only FPGA attention needs the kernel model
+
     return attention_seconds(fpga, rows, ctx_len, group, head_dim, n_tail)
 
 

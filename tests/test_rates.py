@@ -56,10 +56,8 @@ def test_cpu_times_attention_by_kv_scan_and_dense_by_gemm_rate():
 def test_fpga_attention_uses_the_kernel_model_plus_host_round_trip():
     op = attn("csd1.fpga", tokens=(0, 1000), stored_len=990)
     assert rates.attention_shape(op) == (4, 990, 10)  # 990 stored + 10 tail positions
-    try:
-        from inf2sim.accel import attention_seconds
-    except ImportError:
-        attention_seconds = rates._fallback_fpga_attention_seconds
+    from inf2sim.accel import attention_seconds
+
     expect = attention_seconds(HW.csd.fpga, 4, 990, 1, 128, 10) + 20e-6
     assert rates.compute_seconds(op, HW) == pytest.approx(expect)
     assert rates.compute_seconds(op, HW) > rates.ipc_s("csd1.fpga", HW)

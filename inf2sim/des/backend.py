@@ -9,8 +9,8 @@ How ops map onto the model
 - Transfer(src, dst): a fluid flow from `endpoint_node(src)` to `endpoint_node(dst)`
   on the FlowNetwork (max-min fair sharing of every PCIe link on the path). Both
   endpoints on one node, or nbytes == 0, takes 0 s.
-- Spill(src, dst): a flow from `src` (default `dram`) to `endpoint_node(dst)` at its request size. A
-  step does not wait for its spills: they finish in the background, possibly
+- Spill(src, dst): a flow from `src` (host `dram` by default) to
+  `endpoint_node(dst)` at its request size. A step does not wait for its spills: they finish in the background, possibly
   during later steps (their spans are returned then), and ops that name them in
   `deps` wait for them.
 - DenseCompute / Attention: the FIFO queue of the device the op names.
@@ -168,8 +168,7 @@ class DesBackend:
     def _launch(self, op: Op) -> None:
         """Start `op` now on its flow or device; `_completed` runs when it ends."""
         if isinstance(op, (Transfer, Spill)):
-            src = op.src if isinstance(op, Transfer) else getattr(op, "src", "dram")  # older Spill: dram
-            a, b, resource = self._route(src, op.dst)
+            a, b, resource = self._route(op.src, op.dst)
             if a == b or op.nbytes <= 0:
                 ev = Deferred(self.env).fire_in(0.0)
             else:
