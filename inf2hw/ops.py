@@ -187,7 +187,7 @@ class OpRunner:
         qr = self.host_qkv[(L, m)][0][r0:r1]
         k_tail, _ = self.c.recent.read(L, m, op.tokens[1])
         s = A.tail_scores(qr, k_tail[r0:r1, op.tokens[0] : op.tokens[1]])  # [rows, G, 1, tail]
-        self.staged[("scores", int(tag.split("csd")[1]), L, m)] = s[:, :, 0]  # [rows, G, tail]
+        self.staged[("scores", int(tag_of(op).split("csd")[1]), L, m)] = s[:, :, 0]  # [rows, G, tail]
 
     def _coop_attention(self, op: Attention):
         L, m, md = op.layer, op.mb, self.md

@@ -148,7 +148,8 @@ def run_engine(spec: RunSpec, opts: EngineOptions, out_dir: Optional[str] = None
             bar.close()
         engine.close()
         for c in ctx.csds:
-            c.close()
+            if c is not None:
+                c.close()
         for s in (ctx.disk_kv, ctx.coop_disk):
             if s is not None:
                 s.close(keep=opts.keep_files)
@@ -189,6 +190,9 @@ def _make_csds(spec: RunSpec, builder, opts: EngineOptions, dirs: List[str], dty
     name = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
     for i in range(spec.hardware.csd_count):
         r0, r1 = lay.csd_rows(i)
+        if r1 <= r0:  # no rows for this CSD (e.g. the X-cache took them): the plan never uses it
+            out.append(None)
+            continue
         cfg = CsdConfig(i, os.path.join(dirs[i % len(dirs)], f"csd{i}"), md.num_layers, wl.num_micro_batches,
                         r1 - r0, r0, wl.prompt_len + wl.gen_len, md.head_dim, md.group_size, name, opts.compute,
                         opts.csd_read_gbps, opts.direct_io, opts.keep_files)
