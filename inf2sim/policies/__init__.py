@@ -1,2 +1,2 @@
 """Built-in policies; importing this package registers them (see `inf2sim.registry`)."""
-from . import ans, flexgen  # noqa: F401
+from . import ans, deepspeed, flexgen  # noqa: F401
