@@ -44,13 +44,21 @@ class EngineOptions:
     compute: str = "torch"
     direct_io: str = "auto"
     progress: bool = False
+    csd_backend: str = "emulated"  # emulated | smartssd
+    smartssd: tuple = ()  # ((bdf, mount), ...) one per CSD
+    xclbin: str = ""
+    pyxrt_emulation: bool = False  # use inf2hw.csd.pyxrt_emu (the g++ kernel) instead of XRT
 
 
 def options_from_cfg(cfg) -> EngineOptions:
     csd = cfg.get("csd", {}) or {}
+    ss = csd.get("smartssd", {}) or {}
+    cards = tuple((str(c["bdf"]), str(c["mount"])) for c in (ss.get("cards", []) or []))
     return EngineOptions(str(cfg.get("device", "cpu")), str(cfg.get("dtype", "fp32")), tuple(csd.get("dirs", []) or []),
                          float(csd.get("read_gbps", 0.0)), bool(csd.get("keep_files", False)),
-                         str(csd.get("compute", "torch")), str(csd.get("direct_io", "auto")))
+                         str(csd.get("compute", "torch")), str(csd.get("direct_io", "auto")),
+                         csd_backend=str(csd.get("backend", "emulated")), smartssd=cards,
+                         xclbin=str(ss.get("xclbin", "")), pyxrt_emulation=bool(ss.get("emulate", False)))
 
 
 def load_prompts(spec: RunSpec) -> torch.Tensor:
@@ -186,6 +194,10 @@ def _make_csds(spec: RunSpec, builder, opts: EngineOptions, dirs: List[str], dty
     from .csd.emulated import EmulatedCsd
 
     md, wl, lay = spec.model, spec.workload, builder.layout
+    if opts.csd_backend not in ("emulated", "smartssd"):
+        raise SpecError(f"csd.backend={opts.csd_backend!r} is not allowed; choose one of emulated, smartssd")
+    if opts.csd_backend == "smartssd" and len(opts.smartssd) < spec.hardware.csd_count:
+        raise SpecError(f"csd.smartssd.cards lists {len(opts.smartssd)} cards; hardware.csd_count={spec.hardware.csd_count} needs one {{bdf, mount}} per CSD")
     out = []
     name = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
     for i in range(spec.hardware.csd_count):
@@ -196,7 +208,16 @@ def _make_csds(spec: RunSpec, builder, opts: EngineOptions, dirs: List[str], dty
         cfg = CsdConfig(i, os.path.join(dirs[i % len(dirs)], f"csd{i}"), md.num_layers, wl.num_micro_batches,
                         r1 - r0, r0, wl.prompt_len + wl.gen_len, md.head_dim, md.group_size, name, opts.compute,
                         opts.csd_read_gbps, opts.direct_io, opts.keep_files)
-        out.append(EmulatedCsd(cfg))
+        if opts.csd_backend == "smartssd":
+            from .csd import smartssd
+
+            emu = None
+            if opts.pyxrt_emulation:
+                from .csd import pyxrt_emu as emu
+            bdf, mount = opts.smartssd[i]
+            out.append(smartssd.SmartSsdCsd(cfg, bdf, mount, opts.xclbin, pyxrt_module=emu))
+        else:
+            out.append(EmulatedCsd(cfg))
     return out
 
 

@@ -102,7 +102,7 @@ class Layout:
     def spill_owner(self, chunk: int) -> List[int]:
         """CSDs that receive decode chunk `chunk`."""
         act = self.active_csds()
-        if self.partition == "sequence":
+        if self.partition == "sequence" and act:
             return [act[chunk % len(act)]]
         return act
 

@@ -98,7 +98,8 @@ class AnsBuilder(PlanBuilder):
                        nbytes=(hi - lo) * (g + 2) * d * dt, rows=(lo, hi))
         v2 = self.write_back and self.policy.wb.variant == "v2"
         stored_dec = lay.stored_decode_tokens(s)
-        tail_owner = lay.spill_owner(stored_dec // self.c)[0] if seq else None
+        owners = lay.spill_owner(stored_dec // self.c) if seq else []
+        tail_owner = owners[0] if owners else None
         outs, ups = [], []
         for i in lay.active_csds():
             r0, r1 = lay.csd_rows(i)
