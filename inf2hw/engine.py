@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from inf2sim.layout import Layout
-from inf2sim.plan import Attention, DenseCompute, Op, Span, Spill, StepPlan, Transfer
+from inf2sim.plan import Op, Span, Spill, StepPlan, Transfer
 
 from .csd.base import CsdError, Ticket
 from .ops import OpRunner

@@ -22,7 +22,6 @@ from inf2sim.plan import Attention, DenseCompute, Op, Spill, Transfer
 
 from . import attention as A
 from . import model as M
-from .stores import DiskStore, MemStore
 
 
 def tag_of(op: Op) -> str:
@@ -85,14 +84,15 @@ class OpRunner:
 
     # ------------------------------------------------------------------ dense
     def _dense(self, op: DenseCompute, tag: str):
-        md, wl, L, m = self.md, self.c.spec.workload, op.layer, op.mb
+        md, L, m = self.md, op.layer, op.mb
         t0, t1 = op.tokens
         dev = self.c.device
         if tag == "embed":
+            seqs = self._mb_slice(m)
             if op.step == 0:
-                ids = self.c.prompts[self._mb_slice(m)]
+                ids = self.c.prompts[seqs]
             else:
-                ids = torch.tensor([[self.tokens[i][-1]] for i in range(self._mb_slice(m).start, self._mb_slice(m).stop)])
+                ids = torch.tensor([[self.tokens[i][-1]] for i in range(seqs.start, seqs.stop)])
             pos = torch.arange(t0, t1).expand(ids.shape[0], -1)
             self.x[m] = M.embed(self.c.weights, ids.to(dev), pos.to(dev))
         elif tag == "qkv":

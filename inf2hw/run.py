@@ -15,14 +15,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import List, Optional
 
 import torch
 
 from inf2sim.config import RunSpec
 from inf2sim.driver import drive
-from inf2sim.layout import cooperative_bytes_per_token, keeps_x
-from inf2sim.metrics import Metrics, busy_by_resource, kv_io_share, throughput, write_chrome_trace
+from inf2sim.layout import keeps_x
+from inf2sim.metrics import Metrics, fill_span_metrics, link_bytes, throughput, write_chrome_trace
 from inf2sim.scheduler import build_plan
 from inf2sim.specs import SpecError
 
@@ -228,13 +228,11 @@ def _metrics(spec: RunSpec, builder, spans, step_end) -> Metrics:
     m = Metrics(policy=spec.policy.name, alpha=builder.alpha)
     m.time_s = {"prefill": prefill, "decode": total - prefill, "total": total}
     m.throughput = throughput(wl.batch, wl.prompt_len, wl.gen_len, prefill, total - prefill)
-    busy = busy_by_resource(spans)
-    m.busy_frac = {r: v / total for r, v in sorted(busy.items())} if total else {}
-    by: dict = {}
-    for s in spans:
-        by[s.resource] = by.get(s.resource, 0) + (s.nbytes if "->" in s.resource else 0)
-    m.bytes = {k: v for k, v in by.items() if v}
-    m.kv_io_share = kv_io_share(spans, (prefill, total))
+    fill_span_metrics(m, spans, prefill, total)
+    from inf2sim.topology import build_topology
+
+    moves = [(*s.resource.split("->"), s.nbytes) for s in spans if "->" in s.resource]
+    m.bytes = link_bytes(moves, build_topology(spec.hardware))
     m.extra = {"backend": "emu", "ops": len(spans)}
     return m
 

@@ -74,7 +74,10 @@ def run_config(cfg) -> None:
 
         return tune_cli(cfg, out_dir)
     if mode in ("calibrate", "validate"):
-        from inf2hw import loop
+        try:
+            from inf2hw import loop
+        except ImportError:
+            raise SpecError(f"mode={mode} is not built yet (issue 6: calibrate / validate)") from None
 
         return getattr(loop, f"{mode}_cli")(cfg, out_dir)
     backend = cfg.backend.name

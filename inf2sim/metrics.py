@@ -88,6 +88,31 @@ def busy_by_resource(spans: List[Span]) -> Dict[str, float]:
     return {r: union_length(v) for r, v in by.items()}
 
 
+def fill_span_metrics(m: "Metrics", spans: List[Span], prefill_s: float, end_s: float,
+                      extra_busy: Optional[Dict[str, float]] = None) -> None:
+    """The span-derived fields both backends report: busy_frac per resource (compute
+    devices from their spans, plus `extra_busy` seconds, e.g. links) and kv_io_share."""
+    busy = busy_by_resource(spans)
+    busy.update(extra_busy or {})
+    m.busy_frac = {r: min(1.0, v / end_s) if end_s > 0 else 0.0 for r, v in sorted(busy.items())}
+    m.kv_io_share = kv_io_share(spans, (prefill_s, end_s))
+
+
+def link_bytes(transfers: Iterable[Tuple[str, str, float]], topo) -> Dict[str, float]:
+    """Bytes per link (both directions) of (src endpoint, dst endpoint, nbytes) moves,
+    routed over the PCIe tree: the same accounting the DES keeps, for measured runs."""
+    from .topology import endpoint_node
+
+    out: Dict[str, float] = {}
+    for src, dst, n in transfers:
+        a, b = endpoint_node(src), endpoint_node(dst)
+        if a == b or n <= 0 or a not in topo.parent or b not in topo.parent:
+            continue
+        for link, _ in topo.path(a, b):
+            out[link] = out.get(link, 0.0) + n
+    return dict(sorted(out.items()))
+
+
 def write_chrome_trace(spans: List[Span], path: Path, max_step: Optional[int] = None) -> int:
     """Chrome trace JSON (opens in Perfetto / chrome://tracing): one complete event
     per span, one process per resource kind, one thread per resource. Returns count."""

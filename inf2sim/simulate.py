@@ -26,7 +26,7 @@ import numpy as np
 
 from .config import RunSpec, default_config, specs_from_config
 from .driver import drive
-from .metrics import Metrics, busy_by_resource, kv_io_share, throughput, write_chrome_trace
+from .metrics import Metrics, fill_span_metrics, throughput, write_chrome_trace
 from .plan import Span
 from .scheduler import build_plan
 
@@ -124,11 +124,8 @@ def simulate_spec(spec: RunSpec, out_dir: Optional[str] = None, progress: bool =
     links = sorted({k for b in step_bytes.values() for k in b})
     m.bytes = {l: step_bytes.get(0, {}).get(l, 0.0) + _interp_total(
         {s: b.get(l, 0.0) for s, b in step_bytes.items() if s >= 1}, dec_steps, width) for l in links}
-    busy = busy_by_resource(spans)
-    busy.update({f"link:{k}": v for k, v in getattr(backend, "link_busy_s", {}).items()})
-    m.busy_frac = {r: min(1.0, v / backend.now_s) if backend.now_s > 0 else 0.0 for r, v in sorted(busy.items())}
-    t_dec0 = dur.get(0, 0.0)
-    m.kv_io_share = kv_io_share(spans, (t_dec0, backend.now_s))
+    fill_span_metrics(m, spans, dur.get(0, 0.0), backend.now_s,
+                      {f"link:{k}": v for k, v in getattr(backend, "link_busy_s", {}).items()})
     m.extra = {"fidelity": spec.sim.fidelity, "simulated_steps": len(steps), "ops": len(spans)}
     _finish_bound(m, spec, builder)
     if out_dir:

@@ -69,7 +69,10 @@ def test_engine_and_simulator_trace_the_same_ops(policy, tmp_path):
     from inf2sim.scheduler import build_plan
 
     r = _spec("opt-125m", policy, {"policy.xcache.alpha": 0.25})
-    _, _, _, real = run_engine(r, EngineOptions(), out_dir=str(tmp_path))
+    _, _, m, real = run_engine(r, EngineOptions(), out_dir=str(tmp_path))
     plan, _ = build_plan(r.model, r.workload, r.hardware, r.policy)
-    sim = drive(plan.steps(), DesBackend(r.hardware))
+    des = DesBackend(r.hardware)
+    sim = drive(plan.steps(), des)
     assert sorted((s.name, s.kind, s.what) for s in real) == sorted((s.name, s.kind, s.what) for s in sim)
+    # metrics.json reports bytes per link in both backends, and the plan fixes them
+    assert m.bytes == pytest.approx({k: v for k, v in des.bytes_by_link.items() if v}, rel=1e-9)
