@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from inf2sim.driver import RunFailure
 from inf2sim.layout import Layout
 from inf2sim.plan import Op, Span, Spill, StepPlan, Transfer
 
@@ -26,7 +27,7 @@ from .ops import OpRunner
 from .stores import DiskStore, MemStore
 
 
-class EngineError(RuntimeError):
+class EngineError(RunFailure):
     """The run failed; one line naming the op and the cause."""
 
 

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import List, Optional
@@ -48,6 +49,7 @@ class EngineOptions:
     smartssd: tuple = ()  # ((bdf, mount), ...) one per CSD
     xclbin: str = ""
     pyxrt_emulation: bool = False  # use inf2hw.csd.pyxrt_emu (the g++ kernel) instead of XRT
+    csd_timeout_s: float = 10.0  # a CSD with no progress for this long is reported as stalled
 
 
 def options_from_cfg(cfg) -> EngineOptions:
@@ -58,7 +60,8 @@ def options_from_cfg(cfg) -> EngineOptions:
                          float(csd.get("read_gbps", 0.0)), bool(csd.get("keep_files", False)),
                          str(csd.get("compute", "torch")), str(csd.get("direct_io", "auto")),
                          csd_backend=str(csd.get("backend", "emulated")), smartssd=cards,
-                         xclbin=str(ss.get("xclbin", "")), pyxrt_emulation=bool(ss.get("emulate", False)))
+                         xclbin=str(ss.get("xclbin", "")), pyxrt_emulation=bool(ss.get("emulate", False)),
+                         csd_timeout_s=float(csd.get("timeout_s", 10.0)))
 
 
 def load_prompts(spec: RunSpec) -> torch.Tensor:
@@ -94,8 +97,12 @@ def _check(spec: RunSpec, opts: EngineOptions) -> None:
         raise SpecError("policy.weights.storage > 0 is not supported by the real engine (weights stream from host DRAM)")
 
 
-def run_engine(spec: RunSpec, opts: EngineOptions, out_dir: Optional[str] = None, prompts: Optional[torch.Tensor] = None):
-    """Run one configuration for real. Returns (tokens [batch][gen_len], last_logits, Metrics, spans)."""
+def run_engine(spec: RunSpec, opts: EngineOptions, out_dir: Optional[str] = None, prompts: Optional[torch.Tensor] = None,
+               on_op=None):
+    """Run one configuration for real. Returns (tokens [batch][gen_len], last_logits, Metrics, spans).
+    `on_op(span, ctx)` is called after every op (tests use it to inject failures).
+    Whatever happens (an error, Ctrl-C), CSD processes and their shared memory are
+    closed and temporary KV files removed (unless keep_files) before this returns."""
     _check(spec, opts)
     plan, builder = build_plan(spec.model, spec.workload, spec.hardware, spec.policy)
     wl, md = spec.workload, spec.model
@@ -125,7 +132,6 @@ def run_engine(spec: RunSpec, opts: EngineOptions, out_dir: Optional[str] = None
                                 cap, d, cdt, md.num_layers, wl.num_micro_batches)
     if builder.attention_on == "csd":
         ctx.recent = MemStore(lay.rows_total, cap, d, cdt)
-        ctx.csds = _make_csds(spec, builder, opts, dirs, cdt)
     if lay.x_seqs:
         width, rows, pairs = (md.hidden, lay.x_seqs, False) if keeps_x(md) else (d, lay.x_seqs * kvh, True)
         ctx.coop_store = MemStore(rows, cap, width, cdt, pairs=pairs)
@@ -135,7 +141,7 @@ def run_engine(spec: RunSpec, opts: EngineOptions, out_dir: Optional[str] = None
                                       width, cdt, md.num_layers, wl.num_micro_batches, pairs=pairs, name="x")
     if opts.device.startswith("cuda"):
         ctx.copy_stream = torch.cuda.Stream()
-    engine = Engine(ctx)
+    engine = Engine(ctx, on_op=(lambda sp: on_op(sp, ctx)) if on_op else None)
     bar = None
     if opts.progress:
         from tqdm import tqdm
@@ -149,6 +155,8 @@ def run_engine(spec: RunSpec, opts: EngineOptions, out_dir: Optional[str] = None
             bar.update(1)
 
     try:
+        if builder.attention_on == "csd":
+            _make_csds(spec, builder, opts, dirs, cdt, into=ctx.csds)
         with torch.inference_mode():
             spans = drive(plan.steps(), engine, on_step)
     finally:
@@ -157,7 +165,10 @@ def run_engine(spec: RunSpec, opts: EngineOptions, out_dir: Optional[str] = None
         engine.close()
         for c in ctx.csds:
             if c is not None:
-                c.close()
+                try:
+                    c.close()
+                except Exception as e:  # keep closing the others; the run's own error matters more
+                    warnings.warn(f"closing csd{c.index}: {e}")
         for s in (ctx.disk_kv, ctx.coop_disk):
             if s is not None:
                 s.close(keep=opts.keep_files)
@@ -190,7 +201,9 @@ def _weights(spec: RunSpec, dtype: torch.dtype, device: str):
     return w
 
 
-def _make_csds(spec: RunSpec, builder, opts: EngineOptions, dirs: List[str], dtype) -> list:
+def _make_csds(spec: RunSpec, builder, opts: EngineOptions, dirs: List[str], dtype, into: list) -> list:
+    """Open one CSD per index into `into` (filled as they open, so a failure part-way
+    still lets the caller close the ones already started)."""
     from .csd.emulated import EmulatedCsd
 
     md, wl, lay = spec.model, spec.workload, builder.layout
@@ -198,7 +211,7 @@ def _make_csds(spec: RunSpec, builder, opts: EngineOptions, dirs: List[str], dty
         raise SpecError(f"csd.backend={opts.csd_backend!r} is not allowed; choose one of emulated, smartssd")
     if opts.csd_backend == "smartssd" and len(opts.smartssd) < spec.hardware.csd_count:
         raise SpecError(f"csd.smartssd.cards lists {len(opts.smartssd)} cards; hardware.csd_count={spec.hardware.csd_count} needs one {{bdf, mount}} per CSD")
-    out = []
+    out = into
     name = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
     for i in range(spec.hardware.csd_count):
         r0, r1 = lay.csd_rows(i)
@@ -207,7 +220,7 @@ def _make_csds(spec: RunSpec, builder, opts: EngineOptions, dirs: List[str], dty
             continue
         cfg = CsdConfig(i, os.path.join(dirs[i % len(dirs)], f"csd{i}"), md.num_layers, wl.num_micro_batches,
                         r1 - r0, r0, wl.prompt_len + wl.gen_len, md.head_dim, md.group_size, name, opts.compute,
-                        opts.csd_read_gbps, opts.direct_io, opts.keep_files)
+                        opts.csd_read_gbps, opts.direct_io, opts.keep_files, opts.csd_timeout_s)
         if opts.csd_backend == "smartssd":
             from .csd import smartssd
 

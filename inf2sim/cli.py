@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import List
 
 from .config import CONF_DIR, SpecError
+from .driver import RunFailure
 
 MODES = ("run", "tune", "calibrate", "validate")
 GROUPS = ("model", "workload", "hardware", "policy", "backend")
@@ -126,6 +127,12 @@ def main() -> None:
         except SpecError as e:
             print(f"inf2: error: {e}", file=sys.stderr)
             sys.exit(2)
+        except RunFailure as e:
+            print(f"inf2: error: {e}", file=sys.stderr)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            print("inf2: interrupted; devices closed and temporary files removed", file=sys.stderr)
+            sys.exit(130)
 
     _app()
 

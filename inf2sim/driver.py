@@ -14,6 +14,11 @@ from typing import Callable, Iterable, List, Optional, Protocol
 from .plan import Span, StepPlan
 
 
+class RunFailure(RuntimeError):
+    """A backend could not finish a run (a device died, a disk filled up). The message
+    is one line naming what failed; the CLI prints it as `inf2: error: ...`."""
+
+
 class Backend(Protocol):
     def execute(self, step: StepPlan) -> List[Span]:
         ...
