@@ -35,10 +35,12 @@ CASES = [
 _HF = {}
 
 
-def _spec(model, policy, extra):
+def _spec(model, policy, extra, full_depth=False):
     kw = {"workload.batch": 4, "workload.prompt_len": 12, "workload.gen_len": 6, "hardware.csd_count": 2, **extra}
     r = specs_from_config(default_config(model=model, policy=policy, **kw))
-    return replace(r, model=replace(r.model, num_layers=2))
+    if model == "opt-125m" and not full_depth:  # the policy matrix runs 2 of 12 layers to keep CI fast
+        r = replace(r, model=replace(r.model, num_layers=2))
+    return r
 
 
 def _reference(r):
@@ -76,3 +78,27 @@ def test_engine_and_simulator_trace_the_same_ops(policy, tmp_path):
     assert sorted((s.name, s.kind, s.what) for s in real) == sorted((s.name, s.kind, s.what) for s in sim)
     # metrics.json reports bytes per link in both backends, and the plan fixes them
     assert m.bytes == pytest.approx({k: v for k, v in des.bytes_by_link.items() if v}, rel=1e-9)
+
+
+@pytest.mark.parametrize("policy, extra", [("flexgen_ssd", {}), ("inf2", {"policy.xcache.alpha": 0.25}),
+                                           ("ans", {"policy.partition": "sequence", "hardware.csd_count": 3})])
+def test_full_depth_opt_125m(policy, extra, tmp_path):
+    r = _spec("opt-125m", policy, extra, full_depth=True)
+    assert r.model.num_layers == 12
+    tokens, logits, _, _ = run_engine(r, EngineOptions(), out_dir=str(tmp_path))
+    ref_tokens, ref_logits = _reference(r)
+    assert tokens == ref_tokens.tolist()
+    torch.testing.assert_close(logits, ref_logits.float(), atol=1e-4, rtol=1e-4)
+
+
+def test_prompts_from_a_file(tmp_path):
+    import json
+
+    ids = [[5, 17, 300, 2, 9, 44], [7, 7, 7, 999, 3, 12], [1, 2, 3, 4, 5, 6]]
+    (tmp_path / "prompts.json").write_text(json.dumps(ids))
+    r = _spec("llama-tiny", "ans", {"workload.prompts": str(tmp_path / "prompts.json")})
+    tokens, _, _, _ = run_engine(r, EngineOptions(), out_dir=str(tmp_path / "out"))
+    r3 = replace(r, workload=replace(r.workload, batch=3, prompt_len=6))
+    ref, _ = M.reference_generate(r3.model, M.init_random(r3.model, seed=r3.workload.seed), torch.tensor(ids),
+                                  r3.workload.gen_len)
+    assert tokens == ref.tolist() and json.loads((tmp_path / "out" / "tokens.json").read_text()) == tokens
