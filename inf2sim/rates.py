@@ -12,7 +12,13 @@ FLOP in; `*_gbps` = 1e9 B/s, `*_tflops` = 1e12 FLOP/s, `*_gflops` = 1e9 FLOP/s,
 Compute devices (plan names): `gpu`, `cpu`, `csd{i}.fpga`.
   gpu  DenseCompute  max(flops / (peak * gemm_efficiency), nbytes / mem_bw) + launch
        Attention     max(flops / (peak * gemm_efficiency),
-                         kv_bytes / (mem_bw * attention_efficiency)) + launch
+                         kv_bytes / (mem_bw * attention_efficiency))
+                     + score_elements * attention_score_ns  (q_len > 1 only) + launch
+       where score_elements = rows * group * q_len * attended positions: an attention
+       that materialises its [q_len, ctx] score matrix (the engine's torch attention)
+       pays for writing and re-reading it; the term is quadratic in the prompt, unlike
+       everything else, so no rate can absorb it. 0 = fused (FlashAttention-like).
+       Decode (q_len = 1) score traffic is linear in ctx and part of the calibrated rate.
   cpu  DenseCompute  flops / gemm_gflops + op_overhead
        Attention     kv_bytes / attention_gbps + op_overhead
   fpga Attention     inf2sim.accel.attention_seconds(...) + host ipc round trip
@@ -109,7 +115,11 @@ def work_seconds(op: ComputeOp, hw: HardwareProfile, dtype_bytes: int = 2) -> fl
         if dev == "gpu":
             t_flops = attention_flops(op) / (_gpu_peak_flops(hw, dtype_bytes) * hw.gpu.gemm_efficiency)
             mem_Bps = _positive(hw.gpu.mem_gbps, "gpu.mem_gbps", hw) * 1e9 * hw.gpu.attention_efficiency
-            return max(t_flops, attention_kv_bytes(op, dtype_bytes) / mem_Bps)
+            t = max(t_flops, attention_kv_bytes(op, dtype_bytes) / mem_Bps)
+            if op.q_len > 1 and hw.gpu.attention_score_ns > 0:
+                rows, stored, n_tail = attention_shape(op)
+                t += rows * op.group * op.q_len * (stored + n_tail) * hw.gpu.attention_score_ns * 1e-9
+            return t
         if dev == "cpu":
             cpu_Bps = _positive(hw.cpu.attention_gbps, "cpu.attention_gbps", hw) * 1e9
             return attention_kv_bytes(op, dtype_bytes) / cpu_Bps

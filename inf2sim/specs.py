@@ -116,6 +116,11 @@ class StorageSpec:
     endurance_pbw: float = 0.0
     power_w: float = 0.0
     price_usd: float = 0.0
+    # One physical disk under every drive of this kind (emulated drives are files on one
+    # disk): its aggregate bandwidth with all drives busy at once, over the same req_kib.
+    # Empty = each drive is its own device (real SSDs, SmartSSDs).
+    shared_read_gbps: List[float] = field(default_factory=list)
+    shared_write_gbps: List[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,7 @@ class GpuSpec:
     mem_gbps: float = 0.0
     gemm_efficiency: float = 1.0
     attention_efficiency: float = 1.0
+    attention_score_ns: float = 0.0  # per element of a materialised [q_len, ctx] score matrix (0 = fused attention)
     launch_us: float = 0.0
     link: LinkSpec = field(default_factory=LinkSpec)
     power_w: float = 0.0
@@ -141,6 +147,7 @@ class CpuSpec:
     gemm_gflops: float = 0.0
     op_overhead_us: float = 0.0
     power_w: float = 0.0
+    threads: int = 0  # torch intra-op threads of the engine when calibrated (0 = not calibrated)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,12 @@ Tree (names):
                                    ─ csd{i}.fpga   (FPGA DRAM, the compute device)
 Memory endpoints for transfers: dram, gpu, ssd{i} (its media), csd{i}.ssd (its
 media), csd{i}.fpga. `endpoint_node` maps them to tree nodes.
+
+Shared disk: when a StorageSpec has `shared_read_gbps` (emulated drives that are files
+on one physical disk), a media link `ssd_disk` / `csd_disk` hangs off `rc` with that
+aggregate curve, and every flow crossing one of those drives' media links also crosses
+it in the same direction (`Topology.shared`): N drives busy at once then share the one
+disk, while a lone drive still runs at its own (single-stream) curve.
 """
 from __future__ import annotations
 
@@ -62,6 +68,7 @@ class Topology:
 
     parent: Dict[str, Optional[str]] = field(default_factory=dict)
     links: Dict[str, Link] = field(default_factory=dict)
+    shared: Dict[str, str] = field(default_factory=dict)  # media link -> the shared-disk link it also crosses
     _paths: Dict[Tuple[str, str], Tuple[Tuple[str, str], ...]] = field(default_factory=dict, repr=False)
 
     def add(self, node: str, parent: Optional[str], link: Optional[Link] = None) -> None:
@@ -86,7 +93,9 @@ class Topology:
             common = next(n for n in a if n in set(b))
             up = [(n, "up") for n in a[: a.index(common)]]
             down = [(n, "down") for n in reversed(b[: b.index(common)])]
-            self._paths[key] = tuple(up + down)
+            hops = up + down
+            hops += [(self.shared[n], d) for n, d in hops if n in self.shared]
+            self._paths[key] = tuple(hops)
         return self._paths[key]
 
     def latency_s(self, src: str, dst: str) -> float:
@@ -97,18 +106,27 @@ def _link(name: str, spec: LinkSpec) -> Link:
     return Link(name, spec.up_gbps, spec.down_gbps, spec.latency_us)
 
 
-def _media(name: str, s: StorageSpec) -> Link:
-    if not (len(s.req_kib) == len(s.read_gbps) == len(s.write_gbps)) or not s.req_kib:
-        raise ValueError(f"storage curve for {name}: req_kib, read_gbps, write_gbps must be non-empty and equally long")
+def _media(name: str, s: StorageSpec, shared: bool = False) -> Link:
+    rd, wr = (s.shared_read_gbps, s.shared_write_gbps) if shared else (s.read_gbps, s.write_gbps)
+    if not (len(s.req_kib) == len(rd) == len(wr)) or not s.req_kib:
+        what = "shared_read_gbps, shared_write_gbps" if shared else "read_gbps, write_gbps"
+        raise ValueError(f"storage curve for {name}: req_kib, {what} must be non-empty and equally long")
     return Link(
         name,
-        max(s.read_gbps),
-        max(s.write_gbps),
+        max(rd),
+        max(wr),
         0.0,
         tuple(k * 1024.0 for k in s.req_kib),
-        tuple(float(x) for x in s.read_gbps),
-        tuple(float(x) for x in s.write_gbps),
+        tuple(float(x) for x in rd),
+        tuple(float(x) for x in wr),
     )
+
+
+def _share_disk(t: Topology, pool: str, spec: StorageSpec, media: List[str]) -> None:
+    """Route every flow over `media` links also through one shared-disk link (module docstring)."""
+    if spec.shared_read_gbps or spec.shared_write_gbps:
+        t.add(pool, "rc", _media(pool, spec, shared=True))
+        t.shared.update({m: pool for m in media})
 
 
 def endpoint_node(endpoint: str) -> str:
@@ -130,6 +148,7 @@ def build_topology(hw: HardwareProfile) -> Topology:
         for i in range(hw.ssd_count):
             t.add(f"ssd{i}", "ssd_sw", _link(f"ssd{i}", hw.ssd.link))
             t.add(f"ssd{i}.nand", f"ssd{i}", _media(f"ssd{i}.nand", hw.ssd))
+        _share_disk(t, "ssd_disk", hw.ssd, [f"ssd{i}.nand" for i in range(hw.ssd_count)])
     if hw.csd_count > 0:
         ch = hw.chassis
         t.add("chassis", "rc", _link("chassis", ch.uplink))
@@ -140,4 +159,5 @@ def build_topology(hw: HardwareProfile) -> Topology:
             t.add(f"csd{i}", port, _link(f"csd{i}", hw.csd.host_link))
             t.add(f"csd{i}.nand", f"csd{i}", _media(f"csd{i}.nand", hw.csd.ssd))
             t.add(f"csd{i}.fpga", f"csd{i}", _link(f"csd{i}.fpga", hw.csd.internal_link))
+        _share_disk(t, "csd_disk", hw.csd.ssd, [f"csd{i}.nand" for i in range(hw.csd_count)])
     return t
