@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from .metrics import throughput
 from .plan import Attention, DenseCompute, Spill, StepPlan, Transfer
@@ -36,59 +36,102 @@ class Bound:
     per_resource_s: Dict[str, float] = field(default_factory=dict)
 
 
+BOUND_WINDOWS = 8  # decode windows the bound samples (weighted to cover every step)
+
+
+class StepCoster:
+    """Seconds of work per resource in one step (`step_seconds`). A step has
+    thousands of ops over a few routes, so each route's (link:direction, capacity)
+    list is computed once per request size and kept."""
+
+    def __init__(self, topo: Topology, hw, dtype_bytes: int = 2):
+        self.topo, self.hw, self.dtype_bytes = topo, hw, dtype_bytes
+        self._shares: Dict[tuple, tuple] = {}  # (src, dst, req_bytes) -> ((link:direction, B/s), ...)
+
+    def _links(self, src: str, dst: str, req: int) -> tuple:
+        key = (src, dst, req)
+        r = self._shares.get(key)
+        if r is None:
+            topo = self.topo
+            a, b = endpoint_node(src), endpoint_node(dst)
+            r = () if a == b else tuple(
+                (f"{link}:{direction}", cap) for link, direction in topo.path(a, b)
+                for cap in (topo.links[link].gbps(direction, req) * 1e9,) if cap > 0)
+            self._shares[key] = r
+        return r
+
+    def step_seconds(self, step: StepPlan):
+        """(critical, all): seconds of work per resource in one step; `critical` leaves out spills."""
+        crit: Dict[str, float] = defaultdict(float)
+        spill: Dict[str, float] = defaultdict(float)
+        hw, dtype_bytes = self.hw, self.dtype_bytes
+        for op in step.ops:
+            if isinstance(op, (Transfer, Spill)):
+                if op.nbytes <= 0:
+                    continue
+                is_spill = isinstance(op, Spill)
+                sink = spill if is_spill else crit
+                n = op.nbytes
+                for key, cap in self._links("dram" if is_spill else op.src, op.dst, op.req_bytes or n):
+                    sink[key] += n / cap
+            elif isinstance(op, (DenseCompute, Attention)):
+                crit[op.device] += compute_seconds(op, hw, dtype_bytes)
+        total = defaultdict(float, crit)
+        for k, v in spill.items():
+            total[k] += v
+        return crit, total
+
+
 def step_resource_seconds(step: StepPlan, topo: Topology, hw, dtype_bytes: int = 2):
     """(critical, all): seconds of work per resource in one step; `critical` leaves out spills."""
-    crit: Dict[str, float] = defaultdict(float)
-    spill: Dict[str, float] = defaultdict(float)
-    for op in step.ops:
-        if isinstance(op, (Transfer, Spill)):
-            src = "dram" if isinstance(op, Spill) else op.src
-            a, b = endpoint_node(src), endpoint_node(op.dst)
-            if a == b or op.nbytes <= 0:
-                continue
-            req = op.req_bytes or op.nbytes
-            sink = spill if isinstance(op, Spill) else crit
-            for link, direction in topo.path(a, b):
-                cap = topo.links[link].gbps(direction, req) * 1e9
-                if cap > 0:
-                    sink[f"{link}:{direction}"] += op.nbytes / cap
-        elif isinstance(op, (DenseCompute, Attention)):
-            crit[op.device] += compute_seconds(op, hw, dtype_bytes)
-    total = defaultdict(float, crit)
-    for k, v in spill.items():
-        total[k] += v
-    return crit, total
+    return StepCoster(topo, hw, dtype_bytes).step_seconds(step)
 
 
-def bound_of_steps(steps: List[StepPlan], weights: Optional[Dict[int, float]], topo: Topology, hw,
-                   dtype_bytes: int = 2):
-    """Bound over a set of steps; `weights[s]` counts step s that many times (sampling)."""
+def _accumulate(costs, weights: Optional[Dict[int, float]]):
+    """Sum (step, (critical, all)) pairs; `weights[s]` counts step s that many times."""
     per_step_max = {0: 0.0, 1: 0.0}  # phase 0 = prefill, 1 = decode
     totals: Dict[str, float] = defaultdict(float)
-    for st in steps:
-        w = 1.0 if weights is None else weights.get(st.step, 1.0)
-        crit, tot = step_resource_seconds(st, topo, hw, dtype_bytes)
-        per_step_max[0 if st.step == 0 else 1] += w * max(crit.values(), default=0.0)
+    for s, (crit, tot) in costs:
+        w = 1.0 if weights is None else weights.get(s, 1.0)
+        per_step_max[0 if s == 0 else 1] += w * max(crit.values(), default=0.0)
         for k, v in tot.items():
             totals[k] += w * v
     return per_step_max, totals
 
 
-def bound(spec, builder, windows: int = 8) -> Bound:
-    """Throughput upper bound for a run (plan from `builder`), sampling decode windows
-    and weighting them to cover every step (exact for per-step costs linear in ctx)."""
+def bound_of_steps(steps: List[StepPlan], weights: Optional[Dict[int, float]], topo: Topology, hw,
+                   dtype_bytes: int = 2):
+    """Bound over a set of steps; `weights[s]` counts step s that many times (sampling)."""
+    coster = StepCoster(topo, hw, dtype_bytes)
+    return _accumulate(((st.step, coster.step_seconds(st)) for st in steps), weights)
+
+
+def bound_steps(gen_len: int, width: int, windows: int = BOUND_WINDOWS) -> Tuple[List[int], Dict[int, float]]:
+    """The steps the bound costs and their weights (decode windows cover every step)."""
     from .simulate import _sampled_steps
 
-    wl = spec.workload
-    width = builder.layout.c
-    steps = _sampled_steps(wl.gen_len, windows, width)
+    steps = _sampled_steps(gen_len, windows, width)
     dec = [s for s in steps if s >= 1]
-    n_dec = wl.gen_len - 1
+    n_dec = gen_len - 1
     weights = {s: (n_dec / len(dec) if dec else 0.0) for s in dec}
     weights[0] = 1.0
-    plan = builder.plan()
-    topo = build_topology(spec.hardware)
-    per_step, totals = bound_of_steps(list(plan.steps(steps)), weights, topo, spec.hardware, spec.model.dtype_bytes)
+    return steps, weights
+
+
+def bound(spec, builder, windows: int = BOUND_WINDOWS, step_costs: Optional[Dict[int, tuple]] = None) -> Bound:
+    """Throughput upper bound for a run (plan from `builder`), sampling decode windows
+    and weighting them to cover every step (exact for per-step costs linear in ctx).
+    `step_costs`: `StepCoster.step_seconds` of steps already met (by the DES); only
+    the sampled steps missing from it are built."""
+    wl = spec.workload
+    steps, weights = bound_steps(wl.gen_len, builder.layout.c, windows)
+    costs = dict(step_costs or {})
+    missing = [s for s in steps if s not in costs]
+    if missing:
+        coster = StepCoster(build_topology(spec.hardware), spec.hardware, spec.model.dtype_bytes)
+        for st in builder.plan().steps(missing):
+            costs[st.step] = coster.step_seconds(st)
+    per_step, totals = _accumulate(((s, costs[s]) for s in steps), weights)
     res_max = max(totals.values(), default=0.0)
     prefill_s = per_step[0]
     decode_s = per_step[1]

@@ -11,6 +11,11 @@ Memory locations used as transfer endpoints (see `inf2sim.topology`):
 `gpu`, `dram`, `ssd{i}` (conventional SSD i), `csd{i}.ssd` (a CSD's flash),
 `csd{i}.fpga` (a CSD's FPGA DRAM). Compute devices: `gpu`, `cpu`, `csd{i}.fpga`.
 
+Ops and spans are slotted dataclasses that are *treated* as immutable but not
+declared `frozen`: a frozen dataclass sets every field through
+`object.__setattr__` (~4 us per op on the 2-core dev VM) and a long run builds
+~500K ops. Nothing may mutate an op once the scheduler has emitted it.
+
 Row convention (shared with the real engine through `inf2sim.layout`): within a
 micro-batch, KV row r = sequence * num_kv_heads + kv_head; `rows=(lo, hi)` is a
 half-open range of such rows, `tokens=(t0, t1)` a half-open range of positions.
@@ -24,7 +29,7 @@ Range = Tuple[int, int]
 NO_RANGE: Range = (0, 0)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Op:
     """Common fields. `what` says which tensor or computation the op is about, so a
     real backend knows what to do: weights, embed, qkv, kv, kv_new, x, attn_out,
@@ -42,7 +47,7 @@ class Op:
         return type(self).__name__
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Transfer(Op):
     """Move `nbytes` from memory `src` to memory `dst` in requests of `req_bytes`
     (0 = one request of nbytes). For storage endpoints the request size picks the
@@ -56,7 +61,7 @@ class Transfer(Op):
     tokens: Range = NO_RANGE
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DenseCompute(Op):
     """A dense kernel (projection, MLP, KV regeneration, head) on `device`:
     `flops` of arithmetic touching `nbytes` of device memory, over `tokens` tokens
@@ -69,7 +74,7 @@ class DenseCompute(Op):
     tokens: Range = NO_RANGE
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Attention(Op):
     """Attention for KV rows `rows` of micro-batch `mb` on `device`.
 
@@ -91,7 +96,7 @@ class Attention(Op):
     partial: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Spill(Op):
     """Write-back of new KV: `nbytes` from memory `src` (host DRAM for the delayed
     write-back buffer; a CSD's FPGA when it writes what it was sent) to storage
@@ -120,7 +125,7 @@ class StepPlan:
         return {op.name: op for op in self.ops}
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Span:
     """One executed (or simulated) op: where it ran and when, seconds from run start."""
 

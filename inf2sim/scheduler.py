@@ -21,19 +21,39 @@ from .specs import HardwareProfile, ModelSpec, Policy, SpecError, Workload
 
 
 class StepOps:
-    """Collects one step's ops; names are s{step}.L{layer}.m{mb}.{tag}."""
+    """Collects one step's ops; names are s{step}.L{layer}.m{mb}.{tag}.
+
+    `add` is the convenient way to emit an op; hot loops (one op per CSD per layer)
+    build ops positionally and `put` them, naming them `prefix(layer, mb) + tag`
+    (the f-string and keyword handling cost more than the op itself)."""
+
+    __slots__ = ("step", "ops", "_prefix")
 
     def __init__(self, step: int):
         self.step = step
         self.ops: List[Op] = []
+        self._prefix: Dict[Tuple[int, int], str] = {}
+
+    def prefix(self, layer: int, mb: int) -> str:
+        """`s{step}.L{layer}.m{mb}.` of this step (cached)."""
+        p = self._prefix.get((layer, mb))
+        if p is None:
+            p = self._prefix[(layer, mb)] = f"s{self.step}.L{layer}.m{mb}."
+        return p
 
     def name(self, layer: int, mb: int, tag: str, step: Optional[int] = None) -> str:
-        return f"s{self.step if step is None else step}.L{layer}.m{mb}.{tag}"
+        if step is None or step == self.step:
+            return self.prefix(layer, mb) + tag
+        return f"s{step}.L{layer}.m{mb}.{tag}"
 
     def add(self, cls, layer: int, mb: int, tag: str, what: str, deps, **kw) -> str:
-        n = self.name(layer, mb, tag)
+        n = self.prefix(layer, mb) + tag
         self.ops.append(cls(n, tuple(d for d in deps if d), self.step, layer, mb, what, **kw))
         return n
+
+    def put(self, op: Op) -> str:
+        self.ops.append(op)
+        return op.name
 
 
 class PlanBuilder:
@@ -93,30 +113,37 @@ class PlanBuilder:
 
     def build_step(self, s: int) -> StepPlan:
         b = StepOps(s)
-        nl, nm = self.model.num_layers, self.work.num_micro_batches
+        ops = b.ops
+        md, wl = self.model, self.work
+        nl, nm = md.num_layers, wl.num_micro_batches
         prefill = s == 0
-        q_len = self.work.prompt_len if prefill else 1
-        ctx = self.work.prompt_len + s
-        x = {m: self._embed(b, m, q_len) for m in range(nm)}
+        q_len = wl.prompt_len if prefill else 1
+        ctx = wl.prompt_len + s
+        # the same for every layer and micro-batch of the step
+        seqs, toks = (0, wl.micro_batch), (ctx - q_len, ctx)
+        qkv_flops, qkv_bytes = self._qkv_flops(q_len), self._qkv_bytes(q_len)
+        post_flops, post_bytes = self._post_flops(q_len), self._post_bytes(q_len)
+        x = [self._embed(b, m, q_len) for m in range(nm)]
         for L in range(nl):
             w = self._weights(b, L)
             for m in range(nm):
-                qkv = b.add(DenseCompute, L, m, "qkv", "qkv", [x[m], w], device="gpu",
-                            flops=self._qkv_flops(q_len), nbytes=self._qkv_bytes(q_len),
-                            seqs=(0, self.work.micro_batch), tokens=(ctx - q_len, ctx))
+                p = b.prefix(L, m)
+                qkv = p + "qkv"
+                ops.append(DenseCompute(qkv, (x[m], w) if w else (x[m],), s, L, m, "qkv", "gpu", qkv_flops,
+                                        qkv_bytes, seqs, toks))
                 if prefill:
                     att = [self._prefill_attention(b, L, m, qkv)]
                     self.prefill_store(b, L, m, qkv)
                 else:
                     att = self.decode_attention(b, L, m, qkv)
-                x[m] = b.add(DenseCompute, L, m, "post", "post", [qkv, *att], device="gpu",
-                             flops=self._post_flops(q_len), nbytes=self._post_bytes(q_len),
-                             seqs=(0, self.work.micro_batch), tokens=(ctx - q_len, ctx))
+                x[m] = p + "post"
+                ops.append(DenseCompute(x[m], (qkv, *[a for a in att if a]), s, L, m, "post", "gpu", post_flops,
+                                        post_bytes, seqs, toks))
+        head_flops = 2.0 * wl.micro_batch * md.hidden * md.vocab_size
         for m in range(nm):
-            b.add(DenseCompute, -1, m, "head", "head", [x[m]], device="gpu",
-                  flops=2.0 * self.work.micro_batch * self.model.hidden * self.model.vocab_size,
-                  nbytes=self.model.embed_bytes(), seqs=(0, self.work.micro_batch), tokens=(ctx - 1, ctx))
-        return StepPlan(s, "prefill" if prefill else "decode", ctx, q_len, tuple(b.ops))
+            b.add(DenseCompute, -1, m, "head", "head", [x[m]], device="gpu", flops=head_flops,
+                  nbytes=md.embed_bytes(), seqs=seqs, tokens=(ctx - 1, ctx))
+        return StepPlan(s, "prefill" if prefill else "decode", ctx, q_len, tuple(ops))
 
     # ------------------------------------------------------------ skeleton
     def _embed(self, b: StepOps, m: int, q_len: int) -> str:

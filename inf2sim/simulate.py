@@ -19,14 +19,17 @@ by tests/benchmarks (BENCHMARKS.md).
 """
 from __future__ import annotations
 
+import dataclasses
+import gc
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
 from .config import RunSpec, default_config, specs_from_config
+from .cost import StepCoster, bound, bound_steps
 from .driver import drive
-from .metrics import Metrics, fill_span_metrics, throughput, write_chrome_trace
+from .metrics import Metrics, throughput, write_chrome_trace
 from .plan import Span
 from .scheduler import build_plan
 
@@ -80,13 +83,10 @@ def simulate(config: Any = None, out_dir: Optional[str] = None, progress: bool =
 def simulate_spec(spec: RunSpec, out_dir: Optional[str] = None, progress: bool = False) -> Metrics:
     from .des.backend import DesBackend
 
-    from omegaconf import OmegaConf
-
     plan, builder = build_plan(spec.model, spec.workload, spec.hardware, spec.policy)
     wl = spec.workload
     m = Metrics(policy=spec.policy.name, alpha=builder.alpha,
-                config={k: OmegaConf.to_container(OmegaConf.structured(getattr(spec, k)))
-                        for k in ("model", "workload", "hardware", "policy", "sim")})
+                config={k: dataclasses.asdict(getattr(spec, k)) for k in ("model", "workload", "hardware", "policy", "sim")})
     oom = builder.oom()
     if oom:
         m.status, m.oom = "oom", oom
@@ -97,11 +97,18 @@ def simulate_spec(spec: RunSpec, out_dir: Optional[str] = None, progress: bool =
     width = builder.layout.c if spec.sim.fidelity == "fast" else 1
     steps = list(range(plan.num_steps)) if spec.sim.fidelity == "full" else _sampled_steps(
         wl.gen_len, spec.sim.sample_steps, width)
-    backend = DesBackend(spec.hardware, dtype_bytes=spec.model.dtype_bytes)
+    # Spans only for what trace.json shows; the metrics come from the backend's counters.
+    trace = bool(out_dir) and spec.sim.trace
+    backend = DesBackend(spec.hardware, dtype_bytes=spec.model.dtype_bytes, record=trace,
+                         record_max_step=None if spec.sim.trace_steps < 0 else spec.sim.trace_steps)
     dur: Dict[int, float] = {}
     step_bytes: Dict[int, Dict[str, float]] = {}
     state = {"t": 0.0, "bytes": {}}
     bar = _progress(len(steps)) if progress else None
+    # the analytic bound's sampled steps are costed as the DES meets them (no second build)
+    bound_at = set(bound_steps(wl.gen_len, builder.layout.c)[0])
+    coster = StepCoster(backend.topology, spec.hardware, spec.model.dtype_bytes)
+    step_costs: Dict[int, tuple] = {}
 
     def on_step(step, _spans):
         now = backend.now_s
@@ -109,10 +116,21 @@ def simulate_spec(spec: RunSpec, out_dir: Optional[str] = None, progress: bool =
         cur = dict(backend.bytes_by_link)
         step_bytes[step.step] = {k: v - state["bytes"].get(k, 0) for k, v in cur.items()}
         state["t"], state["bytes"] = now, cur
+        if step.step in bound_at:
+            step_costs[step.step] = coster.step_seconds(step)
         if bar is not None:
             bar.update(1)
 
-    spans: List[Span] = drive(plan.steps(steps), backend, on_step)
+    # No reference cycles are made per op (events, flows and ops are freed by
+    # reference counting), so the cyclic collector only re-scans the run's live
+    # objects, again and again: it cost ~40 % of the wall time. Off for the run.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        spans: List[Span] = drive(plan.steps(steps), backend, on_step)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     if bar is not None:
         bar.close()
     prefill_s = dur.get(0, 0.0)
@@ -124,10 +142,9 @@ def simulate_spec(spec: RunSpec, out_dir: Optional[str] = None, progress: bool =
     links = sorted({k for b in step_bytes.values() for k in b})
     m.bytes = {l: step_bytes.get(0, {}).get(l, 0.0) + _interp_total(
         {s: b.get(l, 0.0) for s, b in step_bytes.items() if s >= 1}, dec_steps, width) for l in links}
-    fill_span_metrics(m, spans, dur.get(0, 0.0), backend.now_s,
-                      {f"link:{k}": v for k, v in getattr(backend, "link_busy_s", {}).items()})
-    m.extra = {"fidelity": spec.sim.fidelity, "simulated_steps": len(steps), "ops": len(spans)}
-    _finish_bound(m, spec, builder)
+    _fill_busy_metrics(m, backend, prefill_s)
+    m.extra = {"fidelity": spec.sim.fidelity, "simulated_steps": len(steps), "ops": backend.ops_done}
+    _finish_bound(m, spec, builder, step_costs)
     if out_dir:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -137,12 +154,19 @@ def simulate_spec(spec: RunSpec, out_dir: Optional[str] = None, progress: bool =
     return m
 
 
-def _finish_bound(m: Metrics, spec: RunSpec, builder) -> None:
-    try:
-        from .cost import bound
-    except ImportError:  # the analytic bound is optional for a plain simulation
-        return
-    b = bound(spec, builder)
+def _fill_busy_metrics(m: Metrics, backend, prefill_s: float) -> None:
+    """What `inf2sim.metrics.fill_span_metrics` computes from spans, from the DES's
+    counters instead (the same unions of intervals, kept as the run goes): busy_frac
+    per compute device and link, and kv_io_share of the decode window."""
+    end_s = backend.now_s
+    busy = dict(backend.device_busy_union_s)
+    busy.update({f"link:{k}": v for k, v in backend.link_busy_s.items()})
+    m.busy_frac = {r: min(1.0, v / end_s) if end_s > 0 else 0.0 for r, v in sorted(busy.items())}
+    m.kv_io_share = backend.kv_io_s / (end_s - prefill_s) if end_s > prefill_s else 0.0
+
+
+def _finish_bound(m: Metrics, spec: RunSpec, builder, step_costs: Optional[Dict[int, tuple]] = None) -> None:
+    b = bound(spec, builder, step_costs=step_costs)
     m.bound_tok_s, m.bottleneck = b.total_tok_s, b.bottleneck
     tot = m.throughput.get("total_tok_s")
     m.efficiency = (tot / b.total_tok_s) if tot and b.total_tok_s else None

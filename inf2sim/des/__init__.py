@@ -3,6 +3,7 @@
 from .backend import DesBackend
 from .devices import ComputeDevice, CpuDevice, Device, FpgaDevice, GpuDevice, make_device
 from .flows import Deferred, Flow, FlowNetwork
+from .kernel import Kernel
 
 __all__ = [
     "DesBackend",
@@ -15,4 +16,5 @@ __all__ = [
     "FlowNetwork",
     "Flow",
     "Deferred",
+    "Kernel",
 ]

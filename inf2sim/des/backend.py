@@ -3,7 +3,9 @@
 Called through the Backend protocol of `inf2sim.driver` (by `inf2sim.simulate`):
 `execute(step)` returns the spans of the ops that finished while the step ran,
 `finish()` drains what is still running. Times are seconds since the run began;
-one simpy Environment persists, so time carries across steps.
+one simpy Environment (a `Kernel`, see inf2sim/des/kernel.py) persists, so time
+carries across steps. Ops are callbacks, not processes or events: an op's end
+is one `call_in` entry that marks it done and launches the ops waiting only on it.
 
 How ops map onto the model
 - Transfer(src, dst): a fluid flow from `endpoint_node(src)` to `endpoint_node(dst)`
@@ -25,20 +27,28 @@ Counters: `bytes_by_link` (bytes that crossed each link, both directions summed)
 seconds carrying >= 1 flow), `busy_s` (compute devices:
 summed service time, keyed by device name; links: time carrying >= 1 flow, keyed
 "link:<name>" because a CSD's internal link and its FPGA share the name
-`csd{i}.fpga`), `now_s`. With `record=False` no spans are built (faster), the
-counters still are.
+`csd{i}.fpga`), `now_s`, `ops_done`, and what the span metrics need without
+spans: `device_busy_union_s` (device -> time serving >= 1 op) and `kv_io_s` (time
+with >= 1 decode KV transfer in flight). With `record=False` no spans are built
+(faster), the counters still are; `record_max_step=k` records only steps <= k
+(what trace.json shows).
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Optional, Set, Tuple
-
-import simpy
 
 from ..plan import DenseCompute, Op, Span, Spill, StepPlan, Transfer
 from ..specs import HardwareProfile
 from ..topology import Topology, build_topology, endpoint_node
 from .devices import ComputeDevice, make_device
-from .flows import Deferred, FlowNetwork
+from .flows import FlowNetwork
+from .kernel import Kernel
+
+
+_MOVES = (Transfer, Spill)
+DONE = -1  # `_state` of a completed op
+KV_WHATS = frozenset(("kv", "kv_new"))  # as `inf2sim.metrics.KV_WHATS`: transfers that count as KV I/O
 
 
 class DesBackend:
@@ -52,54 +62,63 @@ class DesBackend:
         *,
         topology: Optional[Topology] = None,
         cpu_slots: int = 1,
+        record_max_step: Optional[int] = None,
     ):
         self.hw = hw
         self.dtype_bytes = dtype_bytes
         self.record = record
+        self.record_max_step = math.inf if record_max_step is None else record_max_step
         self.cpu_slots = cpu_slots
-        self.env = simpy.Environment()
+        self.env = Kernel()
         self.topology = topology if topology is not None else build_topology(hw)
         self.flows = FlowNetwork(self.env, self.topology)
+        self._call_in, self._start_flow = self.env.call_in, self.flows.start_on
         self.devices: Dict[str, ComputeDevice] = {}
-        self._done: Set[str] = set()  # every op completed so far
-        self._pending: Dict[str, int] = {}  # op not completed -> deps still outstanding
+        # every op admitted so far -> deps still outstanding, or DONE once completed
+        # (one dict, never shrunk: a completed op is one store, not a delete and an add)
+        self._state: Dict[str, int] = {}
+        self._open = 0  # ops admitted and not completed
         self._waiters: Dict[str, List[Op]] = {}  # dep name -> ops waiting on it
         self._steps_seen: Set[int] = set()
         self._first_gap = 0  # smallest step number not executed yet
         self._spans: List[Span] = []
         self._step_left = 0
-        self._step_done: Optional[simpy.Event] = None
-        self._routes: Dict[Tuple[str, str], Tuple[str, str, str]] = {}
+        # (src, dst, req_bytes) -> (flow route or None when it takes no time, span resource)
+        self._routes: Dict[Tuple[str, str, int], tuple] = {}
+        self._t0: Dict[str, float] = {}  # transfer -> start time, kept only for recorded spans
+        self._kv_active = 0  # decode KV transfers in flight; their union in time is kv_io_s
+        self._kv_since_s = 0.0
+        self._kv_io_s = 0.0
 
     # -------------------------------------------------------------- protocol
     def execute(self, step: StepPlan) -> List[Span]:
-        self._admit(step)
-        self._step_left = sum(1 for op in step.ops if not isinstance(op, Spill))
-        self._step_done = simpy.Event(self.env)
+        ready = self._admit(step)
         if self._step_left == 0:
-            self._step_done.succeed()
-        for op in step.ops:
-            if self._pending[op.name] == 0:
-                self._launch(op)
-        try:
-            self.env.run(until=self._step_done)
-        except RuntimeError:
-            if self._step_done.triggered:
-                raise
-            stuck = [n for n, k in self._pending.items() if k > 0][:5]
-            raise RuntimeError(f"step {step.step} cannot finish: ops wait on each other (a cycle?), e.g. {stuck}") from None
+            self._call_in(0.0, self.env.stop)
+        launch = self._launch
+        for op in ready:
+            launch(op)
+        if not self.env.run_until_stopped():
+            stuck = [n for n, k in self._state.items() if k > 0][:5]
+            raise RuntimeError(f"step {step.step} cannot finish: ops wait on each other (a cycle?), e.g. {stuck}")
         return self._take_spans()
 
     def finish(self) -> List[Span]:
         self.env.run()
-        if self._pending:
-            raise RuntimeError(f"ops never ran (deps never completed): {list(self._pending)[:5]}")
+        if self._open:
+            never = [n for n, k in self._state.items() if k != DONE][:5]
+            raise RuntimeError(f"ops never ran (deps never completed): {never}")
         return self._take_spans()
 
     # -------------------------------------------------------------- counters
     @property
     def now_s(self) -> float:
         return float(self.env.now)
+
+    @property
+    def ops_done(self) -> int:
+        """Ops completed so far (spans recorded or not)."""
+        return len(self._state) - self._open
 
     @property
     def bytes_by_link(self) -> Dict[str, int]:
@@ -121,40 +140,77 @@ class DesBackend:
         out.update({f"link:{name}": s for name, s in self.flows.busy_s().items()})
         return out
 
+    @property
+    def device_busy_union_s(self) -> Dict[str, float]:
+        """Compute device -> seconds during which it served at least one op (the union
+        of its spans' intervals, kept without spans)."""
+        return {name: dev.busy_union_s for name, dev in self.devices.items()}
+
+    @property
+    def kv_io_s(self) -> float:
+        """Seconds during which at least one KV transfer (`what` kv or kv_new, spills
+        included) of a decode step (step >= 1) was in flight: the union of their spans."""
+        return self._kv_io_s + (self.env.now - self._kv_since_s if self._kv_active else 0.0)
+
     # ------------------------------------------------------------ internals
-    def _admit(self, step: StepPlan) -> None:
-        """Check names and deps (raising before any state changes), then register."""
-        done, pending = self._done, self._pending
-        names = {op.name for op in step.ops}
-        if len(names) != len(step.ops):
+    def _admit(self, step: StepPlan) -> List[Op]:
+        """Check names and deps, register the step's ops and return those with
+        nothing to wait for, in plan order. On a bad plan nothing stays registered."""
+        state, waiters = self._state, self._waiters
+        ops = step.ops
+        names = {op.name for op in ops}
+        if len(names) != len(ops):
             raise ValueError(f"step {step.step}: duplicate op names")
-        if not names.isdisjoint(done) or not names.isdisjoint(pending):
-            reused = sorted(n for n in names if n in done or n in pending)[:3]
+        if not names.isdisjoint(state):
+            reused = sorted(n for n in names if n in state)[:3]
             raise ValueError(f"step {step.step}: op names {reused} were already used by an earlier step")
         # Unknown deps are fine only if some earlier step was skipped (fast fidelity).
         contiguous = step.step <= self._first_gap
-        outstanding: List[List[str]] = []
-        for op in step.ops:
-            waits = [d for d in op.deps if d not in done]
-            for d in waits:
-                if d not in names and d not in pending:
-                    if contiguous:
-                        raise ValueError(f"step {step.step}: op {op.name} depends on unknown op {d}")
-                    waits = [d for d in waits if d in names or d in pending]  # skipped step: done
-                    break
-            outstanding.append(waits)
-        waiters = self._waiters
-        for op, waits in zip(step.ops, outstanding):
-            pending[op.name] = len(waits)
-            for d in waits:
-                waiters.setdefault(d, []).append(op)
+        ready: List[Op] = []
+        left = 0
+        try:
+            for op in ops:
+                n = 0
+                for d in op.deps:
+                    k = state.get(d)
+                    if k == DONE:
+                        continue
+                    if k is None and d not in names:  # neither admitted nor later in this step
+                        if contiguous:
+                            raise ValueError(f"step {step.step}: op {op.name} depends on unknown op {d}")
+                        continue  # an op of a skipped step: done
+                    w = waiters.get(d)
+                    if w is None:
+                        waiters[d] = [op]
+                    else:
+                        w.append(op)
+                    n += 1
+                state[op.name] = n
+                if n == 0:
+                    ready.append(op)
+                if not isinstance(op, Spill):
+                    left += 1
+        except ValueError:
+            for n in names:
+                state.pop(n, None)
+            for d in list(waiters):
+                kept = [w for w in waiters[d] if w.name not in names]
+                if kept:
+                    waiters[d] = kept
+                else:
+                    del waiters[d]
+            raise
+        self._open += len(ops)
+        self._step_left = left
         self._steps_seen.add(step.step)
         while self._first_gap in self._steps_seen:
             self._first_gap += 1
+        return ready
 
-    def _route(self, src: str, dst: str) -> Tuple[str, str, str]:
-        """(source node, destination node, span resource) for plan endpoints, cached."""
-        r = self._routes.get((src, dst))
+    def _route(self, src: str, dst: str, req_bytes: int) -> tuple:
+        """(flow route or None when the move takes no time, span resource) for plan endpoints, cached."""
+        key = (src, dst, req_bytes)
+        r = self._routes.get(key)
         if r is None:
             nodes = []
             for endpoint in (src, dst):
@@ -162,55 +218,73 @@ class DesBackend:
                 if node not in self.topology.parent:
                     raise ValueError(f"endpoint {endpoint!r} is not in hardware {self.hw.name}")
                 nodes.append(node)
-            r = self._routes[(src, dst)] = (nodes[0], nodes[1], f"{src}->{dst}")
+            flow = None if nodes[0] == nodes[1] else self.flows.route(nodes[0], nodes[1], req_bytes)
+            r = self._routes[key] = (flow, f"{src}->{dst}")
         return r
 
     def _launch(self, op: Op) -> None:
-        """Start `op` now on its flow or device; `_completed` runs when it ends."""
-        if isinstance(op, (Transfer, Spill)):
-            a, b, resource = self._route(op.src, op.dst)
-            if a == b or op.nbytes <= 0:
-                ev = Deferred(self.env).fire_in(0.0)
+        """Start `op` now on its flow or device; `_moved` / `_computed` run when it ends."""
+        if isinstance(op, _MOVES):
+            r = self._routes.get((op.src, op.dst, op.req_bytes))  # type: ignore[attr-defined]
+            if r is None:
+                r = self._route(op.src, op.dst, op.req_bytes)  # type: ignore[attr-defined]
+            if r[0] is None or op.nbytes <= 0:  # type: ignore[attr-defined]
+                self._call_in(0.0, self._moved, op)
             else:
-                ev = self.flows.start(a, b, op.nbytes, op.req_bytes)
-            ev.start_s = self.env.now
-            ev.nbytes = op.nbytes
+                self._start_flow(r[0], op.nbytes, op.req_bytes, self._moved, op)  # type: ignore[attr-defined]
+            if op.what in KV_WHATS and op.step >= 1:
+                if self._kv_active == 0:
+                    self._kv_since_s = self.env.now
+                self._kv_active += 1
+            if self.record:
+                self._t0[op.name] = self.env.now
         else:
             dev = self.devices.get(op.device)  # type: ignore[attr-defined]
             if dev is None:
                 dev = self.devices[op.device] = make_device(  # type: ignore[attr-defined]
                     self.env, op.device, self.hw, self.dtype_bytes, self.cpu_slots  # type: ignore[attr-defined]
                 )
-            ev = dev.submit(op)
-            ev.start_s = None  # the device's value: when service began
-            resource = dev.name
-            ev.nbytes = op.nbytes if isinstance(op, DenseCompute) else op.kv_bytes  # type: ignore[attr-defined]
-        ev.op = op
-        ev.resource = resource
-        ev.callbacks.append(self._completed)
+            dev.submit(op, self._computed)
 
-    def _completed(self, ev: Deferred) -> None:
-        op: Op = ev.op
-        name = op.name
-        del self._pending[name]
-        self._done.add(name)
+    def _moved(self, op: Op) -> None:
+        """A Transfer or Spill has ended."""
+        if op.what in KV_WHATS and op.step >= 1:
+            self._kv_active -= 1
+            if self._kv_active == 0:
+                self._kv_io_s += self.env.now - self._kv_since_s
         if self.record:
-            start_s = ev.start_s if ev.start_s is not None else ev.value
-            self._spans.append(
-                Span(name, type(op).__name__, op.what, ev.resource, op.step, op.layer, start_s, self.env.now, ev.nbytes)
-            )
+            start_s = self._t0.pop(op.name)
+            if op.step <= self.record_max_step:
+                r = self._routes[(op.src, op.dst, op.req_bytes)]  # type: ignore[attr-defined]
+                self._spans.append(Span(op.name, type(op).__name__, op.what, r[1], op.step, op.layer, start_s,
+                                        self.env.now, op.nbytes))  # type: ignore[attr-defined]
+        self._completed(op)
+
+    def _computed(self, op: Op, start_s: float) -> None:
+        """A DenseCompute or Attention has ended; its service began at `start_s`."""
+        if self.record and op.step <= self.record_max_step:
+            nbytes = op.nbytes if isinstance(op, DenseCompute) else op.kv_bytes  # type: ignore[attr-defined]
+            self._spans.append(Span(op.name, type(op).__name__, op.what, op.device, op.step, op.layer, start_s,
+                                    self.env.now, nbytes))  # type: ignore[attr-defined]
+        self._completed(op)
+
+    def _completed(self, op: Op) -> None:
+        """Mark `op` done, start the ops that waited only for it, count the step down."""
+        name = op.name
+        state = self._state
+        state[name] = DONE
+        self._open -= 1
         waiters = self._waiters.pop(name, None)
         if waiters:
-            pending = self._pending
             for w in waiters:
-                left = pending[w.name] - 1
-                pending[w.name] = left
-                if left == 0:
+                left = state[w.name] - 1
+                state[w.name] = left
+                if not left:
                     self._launch(w)
         if not isinstance(op, Spill):
             self._step_left -= 1
             if self._step_left == 0:
-                self._step_done.succeed()  # type: ignore[union-attr]
+                self._call_in(0.0, self.env.stop)  # after what is already queued for now, as an event would
 
     def _take_spans(self) -> List[Span]:
         spans, self._spans = self._spans, []

@@ -1,30 +1,33 @@
 """Compute devices of the DES: a FIFO queue in front of `slots` identical servers.
 
 Called by `inf2sim.des.backend`, which submits every DenseCompute and Attention
-op to the device the op names (`gpu`, `cpu`, `csd{i}.fpga`). `submit(op)` returns
-a simpy event that fires when the op's service ends; its value is the time the
+op to the device the op names (`gpu`, `cpu`, `csd{i}.fpga`). `submit(op, on_done)`
+calls `on_done(op, start_s)` when the op's service ends; `start_s` is the time the
 service began (seconds), so the trace shows busy time, not queueing time.
 
 Like SimPy's resources, one base (`Device`) does the queueing and subclasses fill
 two hooks: `accepts(op)` (which ops this device can run) and `service_s(op)` (how
 long one op holds a server, from `inf2sim.rates`, shared with the analytic bound).
-No simpy process per op: a finishing op's callback starts the next one.
+No simpy process or event per op: a finishing op's callback (`call_in` of
+`inf2sim.des.kernel`) starts the next one.
 """
 from __future__ import annotations
 
 from collections import deque
-from typing import Deque, Tuple
+from typing import Callable, Deque, Dict, Tuple
 
 import simpy
 
 from .. import rates
 from ..plan import Attention, DenseCompute, Op
 from ..specs import HardwareProfile
-from .flows import Deferred
+from .kernel import call_in_for
 
 
 class Device:
-    """FIFO queue, `slots` servers. `busy_s` sums service time of finished ops."""
+    """FIFO queue, `slots` servers. `busy_s` sums service time of finished ops;
+    `busy_union_s` is the time at least one server was busy (the union of the ops'
+    service intervals: equal to `busy_s` up to round-off when slots == 1)."""
 
     def __init__(self, env: simpy.Environment, name: str, slots: int = 1):
         if slots < 1:
@@ -33,9 +36,12 @@ class Device:
         self.name = name
         self.slots = slots
         self.busy_s = 0.0
+        self._union_s = 0.0
+        self._busy_since_s = 0.0
         self.completed = 0
         self._running = 0
-        self._queue: Deque[Tuple[Op, Deferred]] = deque()
+        self._queue: Deque[tuple] = deque()  # (op, on_done, True) waiting for a server
+        self._call_in = call_in_for(env)
 
     # ---- the two hooks
     def accepts(self, op: Op) -> bool:
@@ -45,36 +51,64 @@ class Device:
         raise NotImplementedError
 
     # ---- queueing
-    def submit(self, op: Op) -> Deferred:
-        """Queue `op`; the event fires at the end of its service, value = start (s)."""
+    def submit(self, op: Op, on_done: Callable[[Op, float], None]) -> None:
+        """Queue `op`; `on_done(op, start_s)` is called at the end of its service."""
         if not self.accepts(op):
             raise ValueError(f"op {op.name} ({op.kind}) cannot run on device {self.name}")
-        job = Deferred(self.env)
         if self._running < self.slots:
-            self._serve(op, job)
+            self._serve(op, on_done, False)
         else:
-            self._queue.append((op, job))
-        return job
+            self._queue.append((op, on_done, True))
 
     @property
     def queued(self) -> int:
         return len(self._queue)
 
-    def _serve(self, op: Op, job: Deferred) -> None:
-        self._running += 1
-        job.callbacks.append(self._release)
-        job.fire_in(self.service_s(op), value=self.env.now)
+    @property
+    def busy_union_s(self) -> float:
+        return self._union_s + (self.env.now - self._busy_since_s if self._running else 0.0)
 
-    def _release(self, job: Deferred) -> None:
+    def _serve(self, op: Op, on_done, was_queued: bool) -> None:
+        now = self.env.now
+        if self._running == 0:
+            self._busy_since_s = now
+        self._running += 1
+        self._call_in(self.service_s(op), self._finish, (op, on_done, was_queued, now))
+
+    def _finish(self, job: tuple) -> None:
+        op, on_done, was_queued, start_s = job
+        # The order of the two halves is fixed (it decides which of two ops that
+        # become ready at one instant queues first): an op served at once frees its
+        # server before its waiters are told, a queued one after.
+        if was_queued:
+            on_done(op, start_s)
+            self._release(start_s)
+        else:
+            self._release(start_s)
+            on_done(op, start_s)
+
+    def _release(self, start_s: float) -> None:
+        now = self.env.now
         self._running -= 1
+        if self._running == 0:
+            self._union_s += now - self._busy_since_s
         self.completed += 1
-        self.busy_s += self.env.now - job.value
+        self.busy_s += now - start_s
         if self._queue:
             self._serve(*self._queue.popleft())
 
 
+def _shape(op: Op) -> tuple:
+    """Every field `inf2sim.rates` reads to time `op` on a given device: ops of equal
+    shape take equal time, and a run has ~10^5 compute ops of a few hundred shapes."""
+    if type(op) is Attention:
+        return (op.rows, op.tokens, op.stored_len, op.q_len, op.group, op.head_dim, op.flops, op.kv_bytes)
+    return (op.flops, op.nbytes)  # DenseCompute
+
+
 class ComputeDevice(Device):
-    """A device timed by `inf2sim.rates.compute_seconds` from the hardware profile."""
+    """A device timed by `inf2sim.rates.compute_seconds` from the hardware profile
+    (memoised per op shape)."""
 
     kinds: Tuple[type, ...] = (DenseCompute, Attention)
 
@@ -82,12 +116,19 @@ class ComputeDevice(Device):
         super().__init__(env, name, slots)
         self.hw = hw
         self.dtype_bytes = dtype_bytes
+        self._service_s: Dict[tuple, float] = {}
 
     def accepts(self, op: Op) -> bool:
         return isinstance(op, self.kinds) and op.device == self.name  # type: ignore[attr-defined]
 
     def service_s(self, op: Op) -> float:
-        return rates.compute_seconds(op, self.hw, self.dtype_bytes)  # type: ignore[arg-type]
+        if type(op) is not Attention and type(op) is not DenseCompute:  # a subclass may time itself
+            return rates.compute_seconds(op, self.hw, self.dtype_bytes)  # type: ignore[arg-type]
+        key = _shape(op)
+        t = self._service_s.get(key)
+        if t is None:
+            t = self._service_s[key] = rates.compute_seconds(op, self.hw, self.dtype_bytes)  # type: ignore[arg-type]
+        return t
 
 
 class GpuDevice(ComputeDevice):

@@ -32,18 +32,21 @@ from __future__ import annotations
 
 import heapq
 import math
-from typing import Dict, List, Tuple
+from operator import attrgetter
+from typing import Any, Callable, Dict, List, Tuple
 
 import simpy
 from simpy.events import NORMAL
 
 from ..topology import Link, Topology
+from .kernel import call_in_for
 
 # Runs after every NORMAL event of the same instant: one rate recomputation per timestamp.
 LATE = NORMAL + 1
 # Flows finishing within this of each other are ended together (float round-off).
 _TIE_S = 1e-12
 _REL = 1e-12
+_cap = attrgetter("cap_Bps")
 
 Key = Tuple[str, str]  # (link name, "up" | "down")
 
@@ -63,20 +66,25 @@ class Flow:
     """One transfer in the fluid phase. `bytes_left` is exact at time `mark_s`;
     between recomputations it drains at `rate_Bps`."""
 
-    __slots__ = ("nbytes", "req_bytes", "channels", "cap_Bps", "latency_s", "done",
-                 "bytes_left", "rate_Bps", "mark_s", "version")
+    __slots__ = ("nbytes", "req_bytes", "channels", "cap_Bps", "latency_s", "on_done", "token",
+                 "bytes_left", "rate_Bps", "mark_s", "version", "seen", "fixed", "fill_Bps")
 
-    def __init__(self, nbytes: int, req_bytes: int, channels, cap_Bps: float, latency_s: float, done, now: float):
+    def __init__(self, nbytes: int, req_bytes: int, channels, cap_Bps: float, latency_s: float, on_done, token,
+                 now: float):
         self.nbytes = nbytes
         self.req_bytes = req_bytes
         self.channels: Tuple[_Channel, ...] = channels
         self.cap_Bps = cap_Bps  # the flow alone: min over its links at its request size
         self.latency_s = latency_s
-        self.done = done
+        self.on_done = on_done  # on_done(token) when the last byte has arrived
+        self.token = token
         self.bytes_left = float(nbytes)
         self.rate_Bps = 0.0
         self.mark_s = now
         self.version = 0  # bumped on every rate change, -1 once ended; stale heap entries are skipped
+        # scratch of one recomputation (valid while equal to its stamp): in the component, rate fixed
+        self.seen = self.fixed = 0
+        self.fill_Bps = 0.0
 
 
 class _LinkBusy:
@@ -92,10 +100,12 @@ class _LinkBusy:
 
 class _Channel:
     """One direction of one link. Kept once made (cheap), but only channels with
-    flows are ever visited; `tight` is kept current on every add/remove."""
+    flows are ever visited. `tight` (can this channel limit a flow? else each of
+    its flows gets its solo cap here) is kept current by `FlowNetwork.start` and
+    `FlowNetwork._end`, which add and remove flows inline (the hot path)."""
 
     __slots__ = ("key", "link", "media", "curve_Bps", "reqs", "flows", "capacity_Bps", "solo_sum_Bps",
-                 "tight", "bytes", "busy")
+                 "tight", "bytes", "busy", "seen", "rem_Bps", "unfrozen")
 
     def __init__(self, key: Key, link: Link, busy: _LinkBusy):
         self.key = key
@@ -106,9 +116,14 @@ class _Channel:
         self.flows: Dict[Flow, None] = {}  # insertion-ordered set: deterministic float sums
         self.capacity_Bps = 0.0 if self.media else link.gbps(key[1]) * 1e9
         self.solo_sum_Bps = 0.0
-        self.tight = False  # can this channel limit a flow? (else each gets its solo cap here)
+        self.tight = False
         self.bytes = 0  # bytes of flows that crossed it
         self.busy = busy
+        # scratch of one recomputation (valid while `seen` equals its stamp): capacity not
+        # yet given to frozen flows, flows not yet frozen (0: the channel left the filling)
+        self.seen = 0
+        self.rem_Bps = 0.0
+        self.unfrozen = 0
 
     def rate_at(self, req_bytes: int) -> float:
         """Capacity in B/s; for media links at a request size."""
@@ -119,54 +134,13 @@ class _Channel:
             v = self.curve_Bps[req_bytes] = self.link.gbps(self.key[1], req_bytes) * 1e9
         return v
 
-    def add(self, f: Flow, now: float) -> bool:
-        """Add a flow; return whether the channel was tight before."""
-        was_tight = self.tight
-        if not self.flows:
-            b = self.busy
-            if b.active == 0:
-                b.since_s = now
-            b.active += 1
-        self.flows[f] = None
-        self.solo_sum_Bps += f.cap_Bps
-        if self.media:
-            self.reqs[f.req_bytes] = self.reqs.get(f.req_bytes, 0) + 1
-            self.capacity_Bps = max(self.capacity_Bps, self.rate_at(f.req_bytes))
-        self.tight = self.solo_sum_Bps > self.capacity_Bps * (1.0 + _REL)
-        return was_tight
-
-    def remove(self, f: Flow, now: float) -> bool:
-        """Remove a flow; return whether the others' rates may change (tight before or after)."""
-        was_tight = self.tight
-        del self.flows[f]
-        if not self.flows:
-            self.solo_sum_Bps = 0.0  # reset: no round-off carried into the next busy period
-            self.tight = False
-            if self.media:
-                self.capacity_Bps = 0.0
-                self.reqs.clear()
-            b = self.busy
-            b.active -= 1
-            if b.active == 0:
-                b.total_s += now - b.since_s
-            return False
-        self.solo_sum_Bps -= f.cap_Bps
-        if self.media:
-            left = self.reqs[f.req_bytes] - 1
-            if left:
-                self.reqs[f.req_bytes] = left
-            else:  # the last flow at this request size: capacity may drop to the next largest
-                del self.reqs[f.req_bytes]
-                self.capacity_Bps = max(self.rate_at(r) for r in self.reqs)
-        self.tight = self.solo_sum_Bps > self.capacity_Bps * (1.0 + _REL)
-        return was_tight or self.tight
-
 
 class FlowNetwork:
     """Max-min fair fluid flows on `topology`, driven by simpy environment `env`."""
 
     def __init__(self, env: simpy.Environment, topology: Topology):
         self.env = env
+        self._call_in = call_in_for(env)
         self.topology = topology
         self.active = 0  # flows in the fluid phase
         self._channels: Dict[Key, _Channel] = {}
@@ -178,36 +152,81 @@ class FlowNetwork:
         self._new: List[Flow] = []
         self._seeds: Dict[_Channel, None] = {}
         self._recompute_armed = False
+        self._stamp = 0  # of the current recomputation
 
     # ------------------------------------------------------------------ public
     def start(self, src: str, dst: str, nbytes: int, req_bytes: int = 0) -> Deferred:
         """Send `nbytes` from node `src` to node `dst` in requests of `req_bytes`
         (0: one request). The event fires when the last byte has arrived."""
         done = Deferred(self.env)
-        channels, cap_Bps, latency_s = self._route(src, dst, req_bytes)
-        if not channels or nbytes <= 0:
-            return done.fire_in(latency_s if nbytes > 0 else 0.0)
+        route = self.route(src, dst, req_bytes)
+        if not route[0] or nbytes <= 0:
+            return done.fire_in(route[2] if nbytes > 0 else 0.0)
+        self.start_on(route, nbytes, req_bytes, _succeed, done)
+        return done
+
+    def route(self, src: str, dst: str, req_bytes: int = 0):
+        """(channels, solo cap in B/s, summed latency in s) of a flow from node `src`
+        to node `dst` at a request size, cached; what `start_on` takes."""
+        r = self._routes.get((src, dst, req_bytes))
+        if r is None:
+            topo = self.topology
+            channels = tuple(self._channel(key) for key in topo.path(src, dst))
+            cap = min((ch.rate_at(req_bytes) for ch in channels), default=math.inf)
+            if channels and cap <= 0:
+                raise ValueError(f"flow {src}->{dst} crosses a link with no bandwidth")
+            r = (channels, cap, topo.latency_s(src, dst))
+            self._routes[(src, dst, req_bytes)] = r
+        return r
+
+    def start_on(self, route, nbytes: int, req_bytes: int, on_done: Callable[[Any], None], token: Any) -> None:
+        """Start a flow of `nbytes` (> 0) on `route` (from `route(...)`, with channels);
+        `on_done(token)` is called when its last byte has arrived. The backend's
+        fast path: no event object per flow."""
+        channels, cap_Bps, latency_s = route
         now = self.env.now
-        f = Flow(nbytes, req_bytes, channels, cap_Bps, latency_s, done, now)
+        f = Flow(nbytes, req_bytes, channels, cap_Bps, latency_s, on_done, token, now)
         loose = True
-        for ch in channels:
-            if ch.add(f, now):
+        for ch in channels:  # add f to each channel, keeping `tight` current
+            flows = ch.flows
+            if not flows:
+                b = ch.busy
+                if b.active == 0:
+                    b.since_s = now
+                b.active += 1
+            flows[f] = None
+            ch.solo_sum_Bps += cap_Bps
+            if ch.media:
+                ch.reqs[req_bytes] = ch.reqs.get(req_bytes, 0) + 1
+                c = ch.curve_Bps.get(req_bytes)
+                if c is None:
+                    c = ch.rate_at(req_bytes)
+                if c > ch.capacity_Bps:
+                    ch.capacity_Bps = c
+            if ch.tight:
                 # A larger request can raise a media channel's capacity: its
                 # other flows may speed up even if this one is not limited here.
                 self._seeds[ch] = None
                 loose = False
-            elif ch.tight:
+                ch.tight = ch.solo_sum_Bps > ch.capacity_Bps * (1.0 + _REL)
+            elif ch.solo_sum_Bps > ch.capacity_Bps * (1.0 + _REL):
+                ch.tight = True
                 loose = False
         self.active += 1
         if loose:
             # Every channel it crosses stays slack: it runs at its solo cap and
             # changes no one else's rate, so no recomputation is needed.
-            self._set_rate(f, cap_Bps, now)
-            self._arm_timer()
+            f.rate_Bps = cap_Bps
+            f.version = 1
+            self._seq += 1
+            finish_s = now + f.bytes_left / cap_Bps
+            heapq.heappush(self._heap, (finish_s, self._seq, f, 1))
+            if finish_s < self._timer_at:  # it ends before anything else: (re)arm the timer
+                self._arm_timer()
         else:
             self._new.append(f)
-            self._arm_recompute()
-        return done
+            if not self._recompute_armed:
+                self._arm_recompute()
 
     @property
     def bytes_by_dir(self) -> Dict[Key, int]:
@@ -229,19 +248,6 @@ class FlowNetwork:
         return {name: b.total_s + (now - b.since_s if b.active else 0.0) for name, b in self._busy.items()}
 
     # ----------------------------------------------------------------- routing
-    def _route(self, src: str, dst: str, req_bytes: int):
-        """(channels, solo cap in B/s, summed latency in s), cached per (src, dst, req)."""
-        r = self._routes.get((src, dst, req_bytes))
-        if r is None:
-            topo = self.topology
-            channels = tuple(self._channel(key) for key in topo.path(src, dst))
-            cap = min((ch.rate_at(req_bytes) for ch in channels), default=math.inf)
-            if channels and cap <= 0:
-                raise ValueError(f"flow {src}->{dst} crosses a link with no bandwidth")
-            r = (channels, cap, topo.latency_s(src, dst))
-            self._routes[(src, dst, req_bytes)] = r
-        return r
-
     def _channel(self, key: Key) -> _Channel:
         ch = self._channels.get(key)
         if ch is None:
@@ -261,38 +267,41 @@ class FlowNetwork:
     def _arm_recompute(self) -> None:
         if not self._recompute_armed:
             self._recompute_armed = True
-            ev = Deferred(self.env)
-            ev.callbacks.append(self._recompute)
-            ev.fire_in(0.0, priority=LATE)
+            self._call_in(0.0, self._recompute, None, LATE)
 
-    def _recompute(self, _ev) -> None:
+    def _recompute(self, _arg) -> None:
         """Refill the rates of every flow coupled (through tight channels) to the
         flows started and channels changed since the last recomputation."""
         self._recompute_armed = False
-        flows: Dict[Flow, None] = {}
-        channels: Dict[_Channel, None] = {}
+        self._stamp += 1
+        stamp = self._stamp
+        flows: List[Flow] = []  # the component, in discovery order
+        channels: List[_Channel] = []  # its tight channels (and seeds), in discovery order
         stack: List[Flow] = [f for f in self._new if f.version >= 0]
         for ch in self._seeds:
             if ch.flows:
-                channels[ch] = None
+                ch.seen = stamp
+                channels.append(ch)
                 stack.extend(ch.flows)
         self._new.clear()
         self._seeds.clear()
         while stack:
             f = stack.pop()
-            if f in flows:
+            if f.seen == stamp:
                 continue
-            flows[f] = None
+            f.seen = stamp
+            flows.append(f)
             for ch in f.channels:
-                if ch.tight and ch not in channels:
-                    channels[ch] = None
+                if ch.tight and ch.seen != stamp:
+                    ch.seen = stamp
+                    channels.append(ch)
                     stack.extend(ch.flows)
         if not flows:
             return
         now = self.env.now
-        for f, r in _fill(flows, channels).items():
-            if r != f.rate_Bps:
-                self._set_rate(f, r, now)
+        for f in _fill(flows, channels, stamp):
+            if f.fill_Bps != f.rate_Bps:
+                self._set_rate(f, f.fill_Bps, now)
         self._arm_timer()
 
     # ------------------------------------------------------------- completion
@@ -302,9 +311,7 @@ class FlowNetwork:
             heapq.heappop(heap)  # stale: the flow's rate changed or it ended
         if heap and heap[0][0] < self._timer_at:
             self._timer_at = heap[0][0]
-            ev = Deferred(self.env)
-            ev.callbacks.append(self._on_timer)
-            ev.fire_in(heap[0][0] - self.env.now)
+            self._call_in(max(heap[0][0] - self.env.now, 0.0), self._on_timer, None)
 
     def _on_timer(self, _ev) -> None:
         now = self.env.now
@@ -321,59 +328,92 @@ class FlowNetwork:
         f.version = -1
         self.active -= 1
         n = f.nbytes
-        for ch in f.channels:
+        cap_Bps = f.cap_Bps
+        for ch in f.channels:  # remove f from each channel, keeping `tight` current
             ch.bytes += n
-            if ch.remove(f, now):
+            flows = ch.flows
+            del flows[f]
+            if not flows:
+                ch.solo_sum_Bps = 0.0  # reset: no round-off carried into the next busy period
+                ch.tight = False
+                if ch.media:
+                    ch.capacity_Bps = 0.0
+                    ch.reqs.clear()
+                b = ch.busy
+                b.active -= 1
+                if b.active == 0:
+                    b.total_s += now - b.since_s
+                continue
+            ch.solo_sum_Bps -= cap_Bps
+            if ch.media:
+                reqs, req = ch.reqs, f.req_bytes
+                left = reqs[req] - 1
+                if left:
+                    reqs[req] = left
+                else:  # the last flow at this request size: capacity may drop to the next largest
+                    del reqs[req]
+                    ch.capacity_Bps = max(ch.rate_at(r) for r in reqs)
+            if ch.tight:
+                ch.tight = ch.solo_sum_Bps > ch.capacity_Bps * (1.0 + _REL)
                 self._seeds[ch] = None  # its other flows may now go faster
-        if self._seeds:
+            elif ch.solo_sum_Bps > ch.capacity_Bps * (1.0 + _REL):
+                ch.tight = True
+                self._seeds[ch] = None
+        if self._seeds and not self._recompute_armed:
             self._arm_recompute()
-        f.done.fire_in(f.latency_s)
+        self._call_in(f.latency_s, f.on_done, f.token)
 
 
-def _cap(f: Flow) -> float:
-    return f.cap_Bps
+def _succeed(ev: Deferred) -> None:
+    ev.fire_in(0.0)
 
 
-def _fill(flows: Dict[Flow, None], channels: Dict[_Channel, None]) -> Dict[Flow, float]:
+def _fill(flows: List[Flow], channels: List[_Channel], stamp: int) -> List[Flow]:
     """Max-min fair rates by progressive filling: raise every unfrozen flow's rate
     together; a flow freezes when it reaches its solo cap or a channel it crosses
     fills up. `channels` are the tight channels of this component (each with all
-    its flows in `flows`); slack channels are left out because they cannot bind."""
-    rem = {ch: ch.capacity_Bps for ch in channels}  # capacity not yet given to frozen flows
-    cnt = {ch: len(ch.flows) for ch in channels}  # unfrozen flows; a channel leaves when 0
-    order = sorted(flows, key=_cap)
-    rates: Dict[Flow, float] = {}
+    its flows in `flows`, all marked `seen = stamp`); slack channels are left out
+    because they cannot bind. Sets each flow's `fill_Bps`; returns the flows in
+    the order they froze."""
+    for ch in channels:
+        ch.rem_Bps = ch.capacity_Bps
+        ch.unfrozen = len(ch.flows)
+    order = sorted(flows, key=_cap)  # stable: ties keep discovery order
+    out: List[Flow] = []
     i, n = 0, len(order)
     while i < n:
-        if order[i] in rates:
+        if order[i].fixed == stamp:
             i += 1
             continue
         level = order[i].cap_Bps
-        for ch, k in cnt.items():
-            if rem[ch] < level * k:
-                level = rem[ch] / k
+        for ch in channels:
+            k = ch.unfrozen
+            if k and ch.rem_Bps < level * k:
+                level = ch.rem_Bps / k
         limit = level * (1.0 + _REL)  # ties within round-off freeze together
         frozen: List[Flow] = []
         j = i
         while j < n and order[j].cap_Bps <= limit:
             frozen.append(order[j])
             j += 1
-        for ch, k in cnt.items():
-            if rem[ch] <= limit * k:
+        for ch in channels:
+            k = ch.unfrozen
+            if k and ch.rem_Bps <= limit * k:
                 frozen.extend(ch.flows)
         for f in frozen:
-            if f in rates:
+            if f.fixed == stamp:
                 continue
-            r = f.cap_Bps if f.cap_Bps < level else level
-            rates[f] = r
+            f.fixed = stamp
+            r = f.fill_Bps = f.cap_Bps if f.cap_Bps < level else level
+            out.append(f)
             for ch in f.channels:
-                k = cnt.get(ch)
-                if k is None:
+                if ch.seen != stamp:
                     continue
+                k = ch.unfrozen
                 if k == 1:
-                    del cnt[ch], rem[ch]
-                else:
-                    cnt[ch] = k - 1
-                    left = rem[ch] - r
-                    rem[ch] = left if left > 0.0 else 0.0
-    return rates
+                    ch.unfrozen = 0
+                elif k:
+                    ch.unfrozen = k - 1
+                    left = ch.rem_Bps - r
+                    ch.rem_Bps = left if left > 0.0 else 0.0
+    return out

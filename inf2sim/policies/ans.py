@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Dict, List, Tuple
 
 from ..layout import keeps_x, x_cache_alpha
-from ..plan import Attention, DenseCompute, Spill, Transfer
+from ..plan import NO_RANGE, Attention, DenseCompute, Spill, Transfer
 from ..registry import register_policy
 from ..scheduler import PlanBuilder, StepOps
 from .flexgen import KvBuffers
@@ -38,6 +38,7 @@ class AnsBuilder(PlanBuilder):
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self.buffers = KvBuffers(2)
+        self._shape_step, self._shape = -1, None
 
     @property
     def c(self) -> int:
@@ -87,67 +88,113 @@ class AnsBuilder(PlanBuilder):
         return out
 
     # --------------------------------------------------------------- decode
-    def decode_attention(self, b: StepOps, L: int, m: int, qkv: str) -> List[str]:
-        md, lay, s = self.model, self.layout, b.step
+    def _csd_names(self, i: int) -> Tuple[str, ...]:
+        """Tags and endpoints of CSD i: down, kv, attn, up, spill, tail, kvstore, fpga, ssd, buffer key."""
+        return (f"down.csd{i}", f"kv.csd{i}", f"attn.csd{i}", f"up.csd{i}", f"spill.csd{i}", f"tail.csd{i}",
+                f"kvstore.csd{i}", f"csd{i}.fpga", f"csd{i}.ssd", f"csd{i}")
+
+    def _decode_shape(self, s: int) -> tuple:
+        """What decode step `s` does on each CSD: the same for every layer and
+        micro-batch, so computed once per step (the layout's token bookkeeping walks
+        the spill history). Returns (per-CSD tuples, spills, q_down bytes, rows)."""
+        if self._shape_step == s:
+            return self._shape
+        md, lay = self.model, self.layout
         d, g, dt = md.head_dim, md.group_size, self.dt
         ctx = self.work.prompt_len + s
         tail = lay.tail_len(s)
         seq = lay.partition == "sequence"
-        lo, hi = lay.csd_rows_all
-        q_down = b.add(Transfer, L, m, "q_d2h", "qkv", [qkv], src="gpu", dst="dram",
-                       nbytes=(hi - lo) * (g + 2) * d * dt, rows=(lo, hi))
         v2 = self.write_back and self.policy.wb.variant == "v2"
-        stored_dec = lay.stored_decode_tokens(s)
-        owners = lay.spill_owner(stored_dec // self.c) if seq else []
+        owners = lay.spill_owner(lay.stored_decode_tokens(s) // self.c) if seq else []
         tail_owner = owners[0] if owners else None
-        outs, ups = [], []
+        csds = []
         for i in lay.active_csds():
             r0, r1 = lay.csd_rows(i)
             rows = r1 - r0
             stored = lay.stored_tokens(i, s)
             my_tail = tail if (not seq or i == tail_owner) else 0
-            deps_down = [q_down]
+            tail_op = None
             if my_tail and v2:  # host CPU computes q.K_tail^T for the buffered tail
-                deps_down.append(b.add(Attention, L, m, f"tail.csd{i}", "tail", [q_down], device="cpu",
-                                       rows=(r0, r1), tokens=(ctx - my_tail, ctx), stored_len=0, q_len=1, group=g,
-                                       head_dim=d, flops=2.0 * rows * g * my_tail * d,
-                                       kv_bytes=rows * my_tail * d * dt, partial=True))
+                tail_op = ((ctx - my_tail, ctx), 2.0 * rows * g * my_tail * d, rows * my_tail * d * dt)
                 tail_bytes = rows * my_tail * (g * 4 + d * dt)  # fp32 scores + V
             else:
                 tail_bytes = rows * my_tail * 2 * d * dt
-            down = b.add(Transfer, L, m, f"down.csd{i}", "qkv", deps_down, src="dram", dst=f"csd{i}.fpga",
-                         nbytes=rows * g * d * dt + tail_bytes, rows=(r0, r1), tokens=(ctx - my_tail, ctx))
             last_spill = lay.last_spill_step_for(i, s)
-            spill_dep = b.name(L, m, f"spill.csd{i}", step=last_spill) if last_spill else b.name(L, m, f"kvstore.csd{i}", step=0)
-            buf = self.buffers.wait_for(f"csd{i}")
-            kv = b.add(Transfer, L, m, f"kv.csd{i}", "kv", [buf, spill_dep], src=f"csd{i}.ssd", dst=f"csd{i}.fpga",
-                       nbytes=self._kv(rows, stored), req_bytes=stored * d * dt, rows=(r0, r1), tokens=(0, stored))
-            att = b.add(Attention, L, m, f"attn.csd{i}", "attn_out", [down, kv], device=f"csd{i}.fpga",
-                        rows=(r0, r1), tokens=(0, stored + my_tail), stored_len=stored, q_len=1, group=g,
-                        head_dim=d, flops=4.0 * rows * g * (stored + my_tail) * d,
-                        kv_bytes=self._kv(rows, stored), partial=seq)
-            self.buffers.used_by(f"csd{i}", att)
-            ups.append(b.add(Transfer, L, m, f"up.csd{i}", "attn_out", [att], src=f"csd{i}.fpga", dst="dram",
-                             nbytes=rows * g * (d * dt + (LSE_BYTES if seq else 0)), rows=(r0, r1)))
+            csds.append((self._csd_names(i), (r0, r1), tail_op, rows * g * d * dt + tail_bytes, (ctx - my_tail, ctx),
+                         last_spill, self._kv(rows, stored), stored * d * dt, (0, stored), (0, stored + my_tail),
+                         stored, 4.0 * rows * g * (stored + my_tail) * d,
+                         rows * g * (d * dt + (LSE_BYTES if seq else 0))))
+        spills = []
         if lay.spills_after(s):
             for i in lay.spill_owner(lay.spill_chunk(s)):
                 r0, r1 = lay.csd_rows(i)
-                # plain ANS: the FPGA writes the k,v it was sent (card-internal path);
-                # write-back: the host buffer spills over the shared link
-                src, dep = (("dram", q_down) if self.write_back else (f"csd{i}.fpga", b.name(L, m, f"down.csd{i}")))
-                b.add(Spill, L, m, f"spill.csd{i}", "kv_new", [dep], src=src, dst=f"csd{i}.ssd",
-                      nbytes=self._kv(r1 - r0, self.c), req_bytes=self.c * d * dt, rows=(r0, r1),
-                      tokens=(ctx - self.c, ctx))
-        deps = list(ups)
+                spills.append((self._csd_names(i), self._kv(r1 - r0, self.c), self.c * d * dt, (r0, r1),
+                               (ctx - self.c, ctx)))
+        lo, hi = lay.csd_rows_all
+        self._shape_step = s
+        self._shape = (csds, spills, (hi - lo) * (g + 2) * d * dt, (lo, hi))
+        return self._shape
+
+    def decode_attention(self, b: StepOps, L: int, m: int, qkv: str) -> List[str]:
+        """Per CSD: q,k,v (and the write-back tail) down, its KV read peer-to-peer,
+        attention on the FPGA, the output up; spills; the X-cache share; gather."""
+        md, lay, s = self.model, self.layout, b.step
+        d, g, dt = md.head_dim, md.group_size, self.dt
+        ctx = self.work.prompt_len + s
+        seq = lay.partition == "sequence"
+        csds, spills, q_bytes, all_rows = self._decode_shape(s)
+        ops, users, slots = b.ops, self.buffers.users, self.buffers.slots
+        p = b.prefix(L, m)
+        q_down = b.put(Transfer(p + "q_d2h", (qkv,), s, L, m, "qkv", "gpu", "dram", q_bytes, 0,
+                                all_rows, NO_RANGE))
+        earlier: Dict[int, str] = {0: f"s0.L{L}.m{m}."}  # name prefixes of this layer in earlier steps
+        ups = []
+        for (names, rows, tail_op, down_bytes, down_toks, last_spill, kv_bytes, kv_req, kv_toks, att_toks, stored,
+             att_flops, up_bytes) in csds:
+            t_down, t_kv, t_att, t_up, t_spill, t_tail, t_store, fpga, ssd, key = names
+            if tail_op is not None:
+                tail = p + t_tail
+                ops.append(Attention(tail, (q_down,), s, L, m, "tail", "cpu", rows, tail_op[0], 0, 1, g, d,
+                                     tail_op[1], tail_op[2], True))
+                down_deps = (q_down, tail)
+            else:
+                down_deps = (q_down,)
+            down = p + t_down
+            ops.append(Transfer(down, down_deps, s, L, m, "qkv", "dram", fpga, down_bytes, 0, rows, down_toks))
+            pre = earlier.get(last_spill)
+            if pre is None:
+                pre = earlier[last_spill] = f"s{last_spill}.L{L}.m{m}."
+            spill_dep = pre + (t_spill if last_spill else t_store)
+            att = p + t_att
+            u = users.get(key)  # the KV buffer ring of this CSD (KvBuffers.wait_for / used_by)
+            if u is None:
+                u = users[key] = []
+            kv = p + t_kv
+            ops.append(Transfer(kv, (u[-slots], spill_dep) if len(u) >= slots else (spill_dep,), s, L, m, "kv", ssd,
+                                fpga, kv_bytes, kv_req, rows, kv_toks))
+            u.append(att)
+            if len(u) > slots:
+                del u[:-slots]
+            ops.append(Attention(att, (down, kv), s, L, m, "attn_out", fpga, rows, att_toks, stored, 1, g, d,
+                                 att_flops, kv_bytes, seq))
+            up = p + t_up
+            ops.append(Transfer(up, (att,), s, L, m, "attn_out", fpga, "dram", up_bytes, 0, rows, NO_RANGE))
+            ups.append(up)
+        for names, nbytes, req, rows, toks in spills:
+            # plain ANS: the FPGA writes the k,v it was sent (card-internal path);
+            # write-back: the host buffer spills over the shared link
+            src, dep = ("dram", q_down) if self.write_back else (names[7], p + names[0])
+            ops.append(Spill(p + names[4], (dep,), s, L, m, "kv_new", src, names[8], nbytes, req, rows, toks))
         if lay.x_seqs:
-            deps.append(self._cooperative(b, L, m, qkv, ctx))
+            ups.append(self._cooperative(b, L, m, qkv, ctx))
+        lo, hi = all_rows
         gathered = (hi - lo) * g * d * dt
-        out = b.add(Transfer, L, m, "o_h2d", "attn_out", deps, src="dram", dst="gpu", nbytes=gathered, rows=(lo, hi))
-        outs.append(out)
+        out = b.put(Transfer(p + "o_h2d", tuple(ups), s, L, m, "attn_out", "dram", "gpu", gathered, 0, all_rows,
+                             NO_RANGE))
         if seq:
-            outs.append(b.add(DenseCompute, L, m, "merge", "merge", [out], device="gpu",
-                              flops=4.0 * (hi - lo) * g * d * len(lay.active_csds()), nbytes=gathered))
-        return outs[-1:]
+            return [b.add(DenseCompute, L, m, "merge", "merge", [out], device="gpu",
+                          flops=4.0 * (hi - lo) * g * d * len(lay.active_csds()), nbytes=gathered)]
+        return [out]
 
     def _cooperative(self, b: StepOps, L: int, m: int, qkv: str, ctx: int) -> str:
         """GPU side of the X-cache: load X (or K,V for GQA), regenerate, attend."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Tuple
 
-from ..plan import Attention, Transfer
+from ..plan import NO_RANGE, Attention, Transfer
 from ..registry import register_policy
 from ..scheduler import PlanBuilder, StepOps
 
@@ -41,13 +41,15 @@ class FlexGenBuilder(PlanBuilder):
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self.buffers = KvBuffers(2)
+        if self.kv_on == "ssd":
+            self._disks = [f"ssd{i}" for i in range(self.hw.ssd_count)]
+        elif self.kv_on == "csd":
+            self._disks = [f"csd{i}.ssd" for i in range(self.hw.csd_count)]
+        else:
+            self._disks = []
 
     def disks(self) -> List[str]:
-        if self.kv_on == "ssd":
-            return [f"ssd{i}" for i in range(self.hw.ssd_count)]
-        if self.kv_on == "csd":
-            return [f"csd{i}.ssd" for i in range(self.hw.csd_count)]
-        return []
+        return self._disks
 
     def chunk_bytes(self) -> int:
         return int(self.policy.params.get("raid_chunk_kib", 512)) * 1024
@@ -70,42 +72,46 @@ class FlexGenBuilder(PlanBuilder):
 
     # ----------------------------------------------------------------- decode
     def decode_attention(self, b: StepOps, L: int, m: int, qkv: str) -> List[str]:
-        md, lay = self.model, self.layout
-        ctx = self.work.prompt_len + b.step
+        md, lay, s = self.model, self.layout, b.step
+        ctx = self.work.prompt_len + s
         rows = lay.rows_total
-        att_kw = dict(rows=(0, rows), tokens=(0, ctx), stored_len=ctx - 1, q_len=1, group=md.group_size,
-                      head_dim=md.head_dim, flops=4.0 * rows * md.group_size * ctx * md.head_dim,
-                      kv_bytes=self._rows_kv_bytes(ctx, rows))
+        p, ops = b.prefix(L, m), b.ops
+        attn = p + "attn"
+
+        def attention(deps, device: str) -> str:
+            return b.put(Attention(attn, deps, s, L, m, "attn_out", device, (0, rows), (0, ctx), ctx - 1, 1,
+                                   md.group_size, md.head_dim, 4.0 * rows * md.group_size * ctx * md.head_dim,
+                                   self._rows_kv_bytes(ctx, rows), False))
+
         if self.kv_on == "gpu":
-            return [b.add(Attention, L, m, "attn", "attn_out", [qkv], device="gpu", **att_kw)]
+            return [attention((qkv,), "gpu")]
         qkv_bytes = self.work.micro_batch * (md.q_dim + 2 * md.kv_dim) * self.dt
         q_down = b.add(Transfer, L, m, "q_d2h", "qkv", [qkv], src="gpu", dst="dram", nbytes=qkv_bytes)
         deps = [q_down]
-        disks = self.disks()
+        disks = self._disks
         if disks:
-            hist = self._rows_kv_bytes(ctx - 1, rows)
-            per = hist // len(disks)
-            key = "disks"
-            buf = self.buffers.wait_for(key)
+            per = self._rows_kv_bytes(ctx - 1, rows) // len(disks)
+            req = min(self.chunk_bytes(), per)
+            buf = self.buffers.wait_for("disks")
+            # each drive's read waits for its write of the previous step (or the prompt's store)
+            prev = f"s{s - 1}.L{L}.m{m}.kvw" if s > 1 else f"s0.L{L}.m{m}.kvstore"
             for i, d in enumerate(disks):
-                prev_write = b.name(L, m, f"kvw{i}", step=b.step - 1) if b.step > 1 else b.name(L, m, f"kvstore{i}", step=0)
-                deps.append(b.add(Transfer, L, m, f"kvr{i}", "kv", [buf, prev_write], src=d, dst="dram",
-                                  nbytes=per, req_bytes=min(self.chunk_bytes(), per)))
+                deps.append(b.put(Transfer(f"{p}kvr{i}", (buf, f"{prev}{i}") if buf else (f"{prev}{i}",), s, L, m,
+                                           "kv", d, "dram", per, req, NO_RANGE, NO_RANGE)))
         device = "gpu" if self.attention_on == "gpu" else "cpu"
         if device == "gpu":  # KV streamed to the GPU for attention there (DeepSpeed-like)
             hist = self._rows_kv_bytes(ctx - 1, rows)
             deps.append(b.add(Transfer, L, m, "kv_h2d", "kv", deps[1:] or [qkv], src="dram", dst="gpu", nbytes=hist))
-        att = b.add(Attention, L, m, "attn", "attn_out", deps, device=device, **att_kw)
+        attention(tuple(deps), device)
         if disks:
-            self.buffers.used_by("disks", att)
-            new = self._rows_kv_bytes(1, rows)
+            self.buffers.used_by("disks", attn)
+            n = self._rows_kv_bytes(1, rows) // len(disks)
             for i, d in enumerate(disks):
-                b.add(Transfer, L, m, f"kvw{i}", "kv_new", [q_down], src="dram", dst=d,
-                      nbytes=new // len(disks), req_bytes=new // len(disks))
+                ops.append(Transfer(f"{p}kvw{i}", (q_down,), s, L, m, "kv_new", "dram", d, n, n, NO_RANGE, NO_RANGE))
         if device == "gpu":
-            return [att]
+            return [attn]
         out_bytes = self.work.micro_batch * md.q_dim * self.dt
-        return [b.add(Transfer, L, m, "o_h2d", "attn_out", [att], src="dram", dst="gpu", nbytes=out_bytes)]
+        return [b.add(Transfer, L, m, "o_h2d", "attn_out", [attn], src="dram", dst="gpu", nbytes=out_bytes)]
 
     def memory_needs(self) -> Dict[str, Tuple[float, float]]:
         kv = self.kv_bytes_total()
