@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Tuple
 
 from .metrics import throughput
 from .plan import Attention, DenseCompute, Spill, StepPlan, Transfer
-from .rates import compute_seconds
+from .rates import ComputeTimer
 from .topology import Topology, build_topology, endpoint_node
 
 
@@ -47,6 +47,7 @@ class StepCoster:
     def __init__(self, topo: Topology, hw, dtype_bytes: int = 2):
         self.topo, self.hw, self.dtype_bytes = topo, hw, dtype_bytes
         self._shares: Dict[tuple, tuple] = {}  # (src, dst, req_bytes) -> ((link:direction, B/s), ...)
+        self._compute_s = ComputeTimer(hw, dtype_bytes)
 
     def _links(self, src: str, dst: str, req: int) -> tuple:
         key = (src, dst, req)
@@ -61,21 +62,29 @@ class StepCoster:
         return r
 
     def step_seconds(self, step: StepPlan):
-        """(critical, all): seconds of work per resource in one step; `critical` leaves out spills."""
+        """(critical, all): seconds of work per resource in one step; `critical` leaves out spills.
+        Bytes are summed per route first (thousands of ops, a few dozen routes), so a
+        link's seconds are sum(bytes) / capacity: equal to the per-op sum up to round-off."""
         crit: Dict[str, float] = defaultdict(float)
-        spill: Dict[str, float] = defaultdict(float)
-        hw, dtype_bytes = self.hw, self.dtype_bytes
+        moved: Dict[tuple, int] = {}  # (spill?, src, dst, req_bytes) -> bytes, in order of first use
+        compute_s = self._compute_s
         for op in step.ops:
             if isinstance(op, (Transfer, Spill)):
-                if op.nbytes <= 0:
-                    continue
-                is_spill = isinstance(op, Spill)
-                sink = spill if is_spill else crit
                 n = op.nbytes
-                for key, cap in self._links("dram" if is_spill else op.src, op.dst, op.req_bytes or n):
-                    sink[key] += n / cap
+                if n <= 0:
+                    continue
+                if isinstance(op, Spill):
+                    key = (True, "dram", op.dst, op.req_bytes or n)
+                else:
+                    key = (False, op.src, op.dst, op.req_bytes or n)
+                moved[key] = moved.get(key, 0) + n
             elif isinstance(op, (DenseCompute, Attention)):
-                crit[op.device] += compute_seconds(op, hw, dtype_bytes)
+                crit[op.device] += compute_s(op)
+        spill: Dict[str, float] = defaultdict(float)
+        for (is_spill, src, dst, req), n in moved.items():
+            sink = spill if is_spill else crit
+            for key, cap in self._links(src, dst, req):
+                sink[key] += n / cap
         total = defaultdict(float, crit)
         for k, v in spill.items():
             total[k] += v

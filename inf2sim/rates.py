@@ -135,6 +135,36 @@ def compute_seconds(op: ComputeOp, hw: HardwareProfile, dtype_bytes: int = 2) ->
     return work_seconds(op, hw, dtype_bytes) + ipc_s(op.device, hw)
 
 
+def op_shape(op: ComputeOp) -> tuple:
+    """Every field of `op` that `compute_seconds` reads: ops of equal shape take equal
+    time, so callers timing ~10^5 ops of a few hundred shapes memoise on this key.
+    Exact classes only (a subclass may time itself differently): None otherwise."""
+    if type(op) is Attention:
+        return (op.device, op.rows, op.tokens, op.stored_len, op.q_len, op.group, op.head_dim, op.flops, op.kv_bytes)
+    if type(op) is DenseCompute:
+        return (op.device, op.flops, op.nbytes)
+    return None
+
+
+class ComputeTimer:
+    """`compute_seconds` memoised per `op_shape` for one hardware profile and dtype."""
+
+    __slots__ = ("hw", "dtype_bytes", "_seconds")
+
+    def __init__(self, hw: HardwareProfile, dtype_bytes: int = 2):
+        self.hw, self.dtype_bytes = hw, dtype_bytes
+        self._seconds: dict = {}
+
+    def __call__(self, op: ComputeOp) -> float:
+        key = op_shape(op)
+        if key is None:
+            return compute_seconds(op, self.hw, self.dtype_bytes)
+        t = self._seconds.get(key)
+        if t is None:
+            t = self._seconds[key] = compute_seconds(op, self.hw, self.dtype_bytes)
+        return t
+
+
 def transfer_seconds_alone(topo: Topology, src: str, dst: str, nbytes: int, req_bytes: int = 0) -> float:
     """Seconds to move `nbytes` from endpoint `src` to `dst` with nothing else on
     the path: the bottleneck (link, direction) at this request size, plus the

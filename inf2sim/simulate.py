@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -90,7 +91,7 @@ def simulate_spec(spec: RunSpec, out_dir: Optional[str] = None, progress: bool =
     oom = builder.oom()
     if oom:
         m.status, m.oom = "oom", oom
-        _finish_bound(m, spec, builder)
+        _set_bound(m, bound(spec, builder))
         if out_dir:
             m.write(Path(out_dir) / "metrics.json")
         return m
@@ -121,16 +122,9 @@ def simulate_spec(spec: RunSpec, out_dir: Optional[str] = None, progress: bool =
         if bar is not None:
             bar.update(1)
 
-    # No reference cycles are made per op (events, flows and ops are freed by
-    # reference counting), so the cyclic collector only re-scans the run's live
-    # objects, again and again: it cost ~40 % of the wall time. Off for the run.
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with _gc_paused():
         spans: List[Span] = drive(plan.steps(steps), backend, on_step)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
+        bnd = bound(spec, builder, step_costs=step_costs)  # builds the bound's sampled steps the DES skipped
     if bar is not None:
         bar.close()
     prefill_s = dur.get(0, 0.0)
@@ -144,7 +138,7 @@ def simulate_spec(spec: RunSpec, out_dir: Optional[str] = None, progress: bool =
         {s: b.get(l, 0.0) for s, b in step_bytes.items() if s >= 1}, dec_steps, width) for l in links}
     _fill_busy_metrics(m, backend, prefill_s)
     m.extra = {"fidelity": spec.sim.fidelity, "simulated_steps": len(steps), "ops": backend.ops_done}
-    _finish_bound(m, spec, builder, step_costs)
+    _set_bound(m, bnd)
     if out_dir:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -152,6 +146,21 @@ def simulate_spec(spec: RunSpec, out_dir: Optional[str] = None, progress: bool =
         if spec.sim.trace:
             write_chrome_trace(spans, out / "trace.json", None if spec.sim.trace_steps < 0 else spec.sim.trace_steps)
     return m
+
+
+@contextmanager
+def _gc_paused():
+    """The cyclic garbage collector off for a run. A run makes no reference cycles
+    per op (ops, flows and queue entries are freed by reference counting), so the
+    collector only re-scans the run's live objects, again and again: ~40 % of the
+    wall time of a 500K-op run. Restored on exit, errors included."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _fill_busy_metrics(m: Metrics, backend, prefill_s: float) -> None:
@@ -165,8 +174,8 @@ def _fill_busy_metrics(m: Metrics, backend, prefill_s: float) -> None:
     m.kv_io_share = backend.kv_io_s / (end_s - prefill_s) if end_s > prefill_s else 0.0
 
 
-def _finish_bound(m: Metrics, spec: RunSpec, builder, step_costs: Optional[Dict[int, tuple]] = None) -> None:
-    b = bound(spec, builder, step_costs=step_costs)
+def _set_bound(m: Metrics, b) -> None:
+    """bound_tok_s, bottleneck and efficiency from a `cost.Bound` (after m.throughput)."""
     m.bound_tok_s, m.bottleneck = b.total_tok_s, b.bottleneck
     tot = m.throughput.get("total_tok_s")
     m.efficiency = (tot / b.total_tok_s) if tot and b.total_tok_s else None

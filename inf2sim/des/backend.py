@@ -47,7 +47,6 @@ from .kernel import Kernel
 
 
 _MOVES = (Transfer, Spill)
-DONE = -1  # `_state` of a completed op
 KV_WHATS = frozenset(("kv", "kv_new"))  # as `inf2sim.metrics.KV_WHATS`: transfers that count as KV I/O
 
 
@@ -73,12 +72,14 @@ class DesBackend:
         self.topology = topology if topology is not None else build_topology(hw)
         self.flows = FlowNetwork(self.env, self.topology)
         self._call_in, self._start_flow = self.env.call_in, self.flows.start_on
+        self._moved_cb = self._moved  # one bound method for every flow (FlowNetwork batches by identity)
         self.devices: Dict[str, ComputeDevice] = {}
-        # every op admitted so far -> deps still outstanding, or DONE once completed
-        # (one dict, never shrunk: a completed op is one store, not a delete and an add)
-        self._state: Dict[str, int] = {}
-        self._open = 0  # ops admitted and not completed
-        self._waiters: Dict[str, List[Op]] = {}  # dep name -> ops waiting on it
+        self._done: Set[str] = set()  # every op completed before the current step began
+        self._finished: List[str] = []  # ops completed since (moved into _done by _admit)
+        # op admitted, not completed -> its cell [deps still outstanding, op]; the ops
+        # waiting on a dep hold their cells, so a completion counts down without lookups
+        self._pending: Dict[str, list] = {}
+        self._waiters: Dict[str, List[list]] = {}  # dep name -> cells of the ops waiting on it
         self._steps_seen: Set[int] = set()
         self._first_gap = 0  # smallest step number not executed yet
         self._spans: List[Span] = []
@@ -99,15 +100,14 @@ class DesBackend:
         for op in ready:
             launch(op)
         if not self.env.run_until_stopped():
-            stuck = [n for n, k in self._state.items() if k > 0][:5]
+            stuck = [n for n, cell in self._pending.items() if cell[0] > 0][:5]
             raise RuntimeError(f"step {step.step} cannot finish: ops wait on each other (a cycle?), e.g. {stuck}")
         return self._take_spans()
 
     def finish(self) -> List[Span]:
         self.env.run()
-        if self._open:
-            never = [n for n, k in self._state.items() if k != DONE][:5]
-            raise RuntimeError(f"ops never ran (deps never completed): {never}")
+        if self._pending:
+            raise RuntimeError(f"ops never ran (deps never completed): {list(self._pending)[:5]}")
         return self._take_spans()
 
     # -------------------------------------------------------------- counters
@@ -118,7 +118,7 @@ class DesBackend:
     @property
     def ops_done(self) -> int:
         """Ops completed so far (spans recorded or not)."""
-        return len(self._state) - self._open
+        return len(self._done) + len(self._finished)
 
     @property
     def bytes_by_link(self) -> Dict[str, int]:
@@ -156,13 +156,15 @@ class DesBackend:
     def _admit(self, step: StepPlan) -> List[Op]:
         """Check names and deps, register the step's ops and return those with
         nothing to wait for, in plan order. On a bad plan nothing stays registered."""
-        state, waiters = self._state, self._waiters
+        done, pending, waiters = self._done, self._pending, self._waiters
+        done.update(self._finished)  # one C loop instead of a set.add per completion
+        self._finished.clear()
         ops = step.ops
         names = {op.name for op in ops}
         if len(names) != len(ops):
             raise ValueError(f"step {step.step}: duplicate op names")
-        if not names.isdisjoint(state):
-            reused = sorted(n for n in names if n in state)[:3]
+        if not names.isdisjoint(done) or not names.isdisjoint(pending):
+            reused = sorted(n for n in names if n in done or n in pending)[:3]
             raise ValueError(f"step {step.step}: op names {reused} were already used by an earlier step")
         # Unknown deps are fine only if some earlier step was skipped (fast fidelity).
         contiguous = step.step <= self._first_gap
@@ -170,37 +172,38 @@ class DesBackend:
         left = 0
         try:
             for op in ops:
+                cell = [0, op]
                 n = 0
                 for d in op.deps:
-                    k = state.get(d)
-                    if k == DONE:
-                        continue
-                    if k is None and d not in names:  # neither admitted nor later in this step
-                        if contiguous:
-                            raise ValueError(f"step {step.step}: op {op.name} depends on unknown op {d}")
-                        continue  # an op of a skipped step: done
+                    if d not in pending:  # (most deps are earlier ops of this step: pending)
+                        if d in done:
+                            continue
+                        if d not in names:  # neither done, running nor later in this step
+                            if contiguous:
+                                raise ValueError(f"step {step.step}: op {op.name} depends on unknown op {d}")
+                            continue  # an op of a skipped step: done
                     w = waiters.get(d)
                     if w is None:
-                        waiters[d] = [op]
+                        waiters[d] = [cell]
                     else:
-                        w.append(op)
+                        w.append(cell)
                     n += 1
-                state[op.name] = n
+                cell[0] = n
+                pending[op.name] = cell
                 if n == 0:
                     ready.append(op)
                 if not isinstance(op, Spill):
                     left += 1
         except ValueError:
             for n in names:
-                state.pop(n, None)
+                pending.pop(n, None)
             for d in list(waiters):
-                kept = [w for w in waiters[d] if w.name not in names]
+                kept = [cell for cell in waiters[d] if cell[1].name not in names]
                 if kept:
                     waiters[d] = kept
                 else:
                     del waiters[d]
             raise
-        self._open += len(ops)
         self._step_left = left
         self._steps_seen.add(step.step)
         while self._first_gap in self._steps_seen:
@@ -231,7 +234,7 @@ class DesBackend:
             if r[0] is None or op.nbytes <= 0:  # type: ignore[attr-defined]
                 self._call_in(0.0, self._moved, op)
             else:
-                self._start_flow(r[0], op.nbytes, op.req_bytes, self._moved, op)  # type: ignore[attr-defined]
+                self._start_flow(r[0], op.nbytes, op.req_bytes, self._moved_cb, op)  # type: ignore[attr-defined]
             if op.what in KV_WHATS and op.step >= 1:
                 if self._kv_active == 0:
                     self._kv_since_s = self.env.now
@@ -271,16 +274,15 @@ class DesBackend:
     def _completed(self, op: Op) -> None:
         """Mark `op` done, start the ops that waited only for it, count the step down."""
         name = op.name
-        state = self._state
-        state[name] = DONE
-        self._open -= 1
+        del self._pending[name]
+        self._finished.append(name)
         waiters = self._waiters.pop(name, None)
         if waiters:
-            for w in waiters:
-                left = state[w.name] - 1
-                state[w.name] = left
+            for cell in waiters:
+                left = cell[0] - 1
+                cell[0] = left
                 if not left:
-                    self._launch(w)
+                    self._launch(cell[1])
         if not isinstance(op, Spill):
             self._step_left -= 1
             if self._step_left == 0:

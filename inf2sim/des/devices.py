@@ -14,7 +14,7 @@ No simpy process or event per op: a finishing op's callback (`call_in` of
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Deque, Dict, Tuple
+from typing import Callable, Deque, Tuple
 
 import simpy
 
@@ -98,14 +98,6 @@ class Device:
             self._serve(*self._queue.popleft())
 
 
-def _shape(op: Op) -> tuple:
-    """Every field `inf2sim.rates` reads to time `op` on a given device: ops of equal
-    shape take equal time, and a run has ~10^5 compute ops of a few hundred shapes."""
-    if type(op) is Attention:
-        return (op.rows, op.tokens, op.stored_len, op.q_len, op.group, op.head_dim, op.flops, op.kv_bytes)
-    return (op.flops, op.nbytes)  # DenseCompute
-
-
 class ComputeDevice(Device):
     """A device timed by `inf2sim.rates.compute_seconds` from the hardware profile
     (memoised per op shape)."""
@@ -116,19 +108,13 @@ class ComputeDevice(Device):
         super().__init__(env, name, slots)
         self.hw = hw
         self.dtype_bytes = dtype_bytes
-        self._service_s: Dict[tuple, float] = {}
+        self._timer = rates.ComputeTimer(hw, dtype_bytes)
 
     def accepts(self, op: Op) -> bool:
         return isinstance(op, self.kinds) and op.device == self.name  # type: ignore[attr-defined]
 
     def service_s(self, op: Op) -> float:
-        if type(op) is not Attention and type(op) is not DenseCompute:  # a subclass may time itself
-            return rates.compute_seconds(op, self.hw, self.dtype_bytes)  # type: ignore[arg-type]
-        key = _shape(op)
-        t = self._service_s.get(key)
-        if t is None:
-            t = self._service_s[key] = rates.compute_seconds(op, self.hw, self.dtype_bytes)  # type: ignore[arg-type]
-        return t
+        return self._timer(op)  # type: ignore[arg-type]
 
 
 class GpuDevice(ComputeDevice):

@@ -257,7 +257,8 @@ class FlowNetwork:
 
     # ---------------------------------------------------------- rate changes
     def _set_rate(self, f: Flow, rate_Bps: float, now: float) -> None:
-        f.bytes_left = max(f.bytes_left - f.rate_Bps * (now - f.mark_s), 0.0)
+        left = f.bytes_left - f.rate_Bps * (now - f.mark_s)
+        f.bytes_left = left if left > 0.0 else 0.0
         f.mark_s = now
         f.rate_Bps = rate_Bps
         f.version += 1
@@ -273,6 +274,10 @@ class FlowNetwork:
         """Refill the rates of every flow coupled (through tight channels) to the
         flows started and channels changed since the last recomputation."""
         self._recompute_armed = False
+        if not any(f.version >= 0 for f in self._new) and self._only_freed():
+            self._new.clear()
+            self._seeds.clear()
+            return
         self._stamp += 1
         stamp = self._stamp
         flows: List[Flow] = []  # the component, in discovery order
@@ -304,6 +309,19 @@ class FlowNetwork:
                 self._set_rate(f, f.fill_Bps, now)
         self._arm_timer()
 
+    def _only_freed(self) -> bool:
+        """No flow started, and every flow left on a changed channel already runs at
+        its solo cap: flows only ended, so no rate can fall, and none that could rise
+        shares a channel with the capacity they freed. (Not for media channels,
+        whose capacity drops when the largest request size leaves.)"""
+        for ch in self._seeds:
+            if ch.media:
+                return False
+            for f in ch.flows:
+                if f.rate_Bps != f.cap_Bps:
+                    return False
+        return True
+
     # ------------------------------------------------------------- completion
     def _arm_timer(self) -> None:
         heap = self._heap
@@ -311,17 +329,35 @@ class FlowNetwork:
             heapq.heappop(heap)  # stale: the flow's rate changed or it ended
         if heap and heap[0][0] < self._timer_at:
             self._timer_at = heap[0][0]
-            self._call_in(max(heap[0][0] - self.env.now, 0.0), self._on_timer, None)
+            delay_s = heap[0][0] - self.env.now
+            self._call_in(delay_s if delay_s > 0.0 else 0.0, self._on_timer, None)
 
-    def _on_timer(self, _ev) -> None:
+    def _on_timer(self, _arg) -> None:
         now = self.env.now
         if now >= self._timer_at:
             self._timer_at = math.inf
         heap = self._heap
+        ended: List[Flow] = []
         while heap and heap[0][0] <= now + _TIE_S:
             _, _, f, version = heapq.heappop(heap)
             if version == f.version:
                 self._end(f, now)
+                ended.append(f)
+        # Tell each flow's owner `latency_s` later. Flows that end together with
+        # the same latency and owner (the 16 symmetric CSDs' flows) share one queue
+        # entry: their entries would have been adjacent in the queue (same time,
+        # priority, consecutive ids), so they run in the same order either way.
+        i, n = 0, len(ended)
+        while i < n:
+            f = ended[i]
+            j = i + 1
+            while j < n and ended[j].latency_s == f.latency_s and ended[j].on_done is f.on_done:
+                j += 1
+            if j == i + 1:
+                self._call_in(f.latency_s, f.on_done, f.token)
+            else:
+                self._call_in(f.latency_s, _deliver, (f.on_done, [g.token for g in ended[i:j]]))
+            i = j
         self._arm_timer()
 
     def _end(self, f: Flow, now: float) -> None:
@@ -361,7 +397,12 @@ class FlowNetwork:
                 self._seeds[ch] = None
         if self._seeds and not self._recompute_armed:
             self._arm_recompute()
-        self._call_in(f.latency_s, f.on_done, f.token)
+
+
+def _deliver(batch) -> None:
+    on_done, tokens = batch
+    for token in tokens:
+        on_done(token)
 
 
 def _succeed(ev: Deferred) -> None:
