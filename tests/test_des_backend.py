@@ -171,6 +171,48 @@ def ans_like_steps(num_steps, layers=48, csds=16, spill_every=4):
         yield StepPlan(s, "decode", 600 + s, 1, tuple(ops))
 
 
+def _scheduled_run(policy, record=True, record_max_step=None):
+    from inf2sim.scheduler import build_plan
+    from inf2sim.simulate import resolve
+
+    spec = resolve(model="opt-1.3b", policy=policy, **{"workload.batch": 8, "workload.prompt_len": 128,
+                                                        "workload.gen_len": 6, "hardware.csd_count": 3,
+                                                        "policy.wb.c": 2, "policy.xcache.alpha": 0.5})
+    plan, _ = build_plan(spec.model, spec.workload, spec.hardware, spec.policy)
+    be = DesBackend(spec.hardware, record=record, record_max_step=record_max_step)
+    ends = {}
+    spans = drive(plan.steps(), be, lambda st, _sp: ends.setdefault(st.step, be.now_s))
+    return be, spans, ends[0]
+
+
+@pytest.mark.parametrize("policy", ["inf2", "flexgen_ssd"])
+def test_counters_give_the_span_metrics(policy):
+    """simulate() reads busy fractions and kv_io_share from the backend's counters,
+    not from spans: the same numbers as `fill_span_metrics` over every span."""
+    from inf2sim.metrics import Metrics, fill_span_metrics
+
+    be, spans, prefill_s = _scheduled_run(policy)
+    assert len(spans) == be.ops_done
+    m = Metrics()
+    fill_span_metrics(m, spans, prefill_s, be.now_s, {f"link:{k}": v for k, v in be.link_busy_s.items()})
+    devices = {k: v for k, v in m.busy_frac.items() if not k.startswith("link:")}
+    assert devices == pytest.approx({k: v / be.now_s for k, v in be.device_busy_union_s.items()}, rel=1e-12)
+    assert m.kv_io_share > 0
+    assert m.kv_io_share == pytest.approx(be.kv_io_s / (be.now_s - prefill_s), rel=1e-12)
+
+
+def test_recording_is_optional_and_can_stop_after_a_step():
+    full, spans, _ = _scheduled_run("inf2")
+    bare, none, _ = _scheduled_run("inf2", record=False)
+    first, some, _ = _scheduled_run("inf2", record_max_step=1)
+    assert none == [] and {s.step for s in some} == {0, 1}
+    assert sorted((s.name, s.start_s, s.end_s) for s in some) == sorted(
+        (s.name, s.start_s, s.end_s) for s in spans if s.step <= 1)
+    for be in (bare, first):  # recording never changes the simulation
+        assert (be.now_s, be.kv_io_s, be.ops_done, be.bytes_by_link_dir) == (
+            full.now_s, full.kv_io_s, full.ops_done, full.bytes_by_link_dir)
+
+
 def test_realistic_shape_runs_to_completion():
     hw = paper_a100()
     steps = list(ans_like_steps(4, layers=4))

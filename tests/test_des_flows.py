@@ -7,6 +7,7 @@ import pytest
 import simpy
 
 from inf2sim.des.flows import FlowNetwork
+from inf2sim.des.kernel import Kernel
 from inf2sim.topology import Link, Topology
 
 GB = 1e9
@@ -16,9 +17,9 @@ def link(name, up=0.0, down=0.0, latency_us=0.0):
     return Link(name, up, down, latency_us)
 
 
-def run(topo, flows):
+def run(topo, flows, env=None):
     """flows: name -> (start_s, src, dst, nbytes, req_bytes). Returns name -> finish_s."""
-    env = simpy.Environment()
+    env = simpy.Environment() if env is None else env
     net = FlowNetwork(env, topo)
     done = {}
 
@@ -285,3 +286,39 @@ def test_random_scenarios_match_a_brute_force_reference(seed):
     assert done.keys() == ref.keys()
     for n in flows:
         assert done[n] == pytest.approx(ref[n], rel=1e-9), n
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_kernel_and_plain_simpy_give_the_same_times(seed):
+    """The DES runs FlowNetwork on a Kernel (plain queue entries); on a plain simpy
+    Environment it schedules Events instead: same order, so identical times."""
+    import random
+
+    rng = random.Random(100 + seed)
+    topo, nodes = random_tree(rng, 6)
+    flows = {}
+    for i in range(16):
+        src, dst = rng.sample(nodes, 2)
+        flows[f"f{i}"] = (rng.choice([0, 0, 0.5, 1.0]), src, dst, rng.choice([1, 2, 4]) * GB // 2,
+                          rng.choice([4096, 1 << 20]))
+    plain, _ = run(topo, flows)
+    fast, _ = run(topo, flows, Kernel())
+    assert plain == fast
+
+
+def test_kernel_entries_interleave_with_events_in_scheduling_order():
+    from inf2sim.des.flows import LATE
+
+    env, log = Kernel(), []
+    env.timeout(1.0).callbacks.append(lambda _e: log.append("event1"))
+    env.call_in(1.0, log.append, "late", LATE)  # after every ordinary entry of its instant
+    env.call_in(1.0, log.append, "entry1")
+    env.timeout(1.0).callbacks.append(lambda _e: log.append("event2"))
+    env.call_in(0.5, log.append, "entry0")
+    env.run()
+    assert log == ["entry0", "event1", "entry1", "event2", "late"]
+    assert env.now == 1.0
+    env.call_in(1.0, env.stop)
+    env.call_in(2.0, log.append, "after the stop")
+    assert env.run_until_stopped() is True and env.now == 2.0 and log[-1] == "late"
+    assert env.run_until_stopped() is False and log[-1] == "after the stop"  # ran dry

@@ -1,8 +1,9 @@
 """Fluid flows over the PCIe tree, sharing every link max-min fairly.
 
-Called by `inf2sim.des.backend` for every Transfer and Spill: `start(src, dst,
-nbytes, req_bytes)` returns a simpy event that fires when the last byte has
-arrived. Units: bytes, seconds, `*_Bps` = bytes/s (link specs are GB/s = 1e9 B/s).
+Called by `inf2sim.des.backend` for every Transfer and Spill: `start_on(route,
+nbytes, req_bytes, on_done, token)` calls `on_done(token)` when the last byte has
+arrived (`start(src, dst, nbytes, req_bytes)` returns a simpy event instead).
+Units: bytes, seconds, `*_Bps` = bytes/s (link specs are GB/s = 1e9 B/s).
 
 The model
 - A flow crosses the (link, direction) pairs of `Topology.path`, each a
@@ -18,48 +19,38 @@ The model
   event fires the path's summed link latency *after* its last byte leaves the
   fluid phase. A lone flow therefore takes nbytes / bottleneck + latency.
 
-Performance (a run has ~500K flows): no process per flow, only callbacks; only
-channels that carry flows are ever visited; one recomputation per timestamp (it
-runs at a priority after every ordinary event of that instant, so all flows
-started or ended "now" are batched); a recomputation touches only the flows
-coupled to the change through *tight* channels. A channel is slack when the sum
-of its flows' solo caps fits its capacity: it can never limit anyone, so it
-neither couples flows nor enters the filling (e.g. host DRAM, which every host
-flow crosses). A flow that starts where every channel stays slack gets its solo
-cap at once, with no recomputation.
+Performance (a run has ~500K flows): no process or event per flow, only
+`Kernel.call_in` entries (inf2sim/des/kernel.py); channel bookkeeping inline in
+`start_on` / `_end`; only channels that carry flows are ever visited; one
+recomputation per timestamp (it runs at a priority after every ordinary event of
+that instant, so all flows started or ended "now" are batched); a recomputation
+touches only the flows coupled to the change through *tight* channels. A channel
+is slack when the sum of its flows' solo caps fits its capacity: it can never
+limit anyone, so it neither couples flows nor enters the filling
+(inf2sim/des/fill.py; e.g. host DRAM, which every host flow crosses). A flow that
+starts where every channel stays slack gets its solo cap at once, with no
+recomputation; flows that only end, leaving flows at their solo caps, need none
+either. Flows that end together with one latency share one queue entry.
 """
 from __future__ import annotations
 
 import heapq
 import math
-from operator import attrgetter
 from typing import Any, Callable, Dict, List, Tuple
 
 import simpy
 from simpy.events import NORMAL
 
 from ..topology import Link, Topology
-from .kernel import call_in_for
+from .fill import REL as _REL, fill as _fill
+from .kernel import Deferred, call_in_for
 
 # Runs after every NORMAL event of the same instant: one rate recomputation per timestamp.
 LATE = NORMAL + 1
 # Flows finishing within this of each other are ended together (float round-off).
 _TIE_S = 1e-12
-_REL = 1e-12
-_cap = attrgetter("cap_Bps")
 
 Key = Tuple[str, str]  # (link name, "up" | "down")
-
-
-class Deferred(simpy.Event):
-    """An event whose firing time is decided later: `fire_in(delay_s, value)`
-    schedules it like a Timeout created then (one heap entry, no process)."""
-
-    def fire_in(self, delay_s: float, value=None, priority=NORMAL) -> "Deferred":
-        self._ok = True
-        self._value = value
-        self.env.schedule(self, priority, max(delay_s, 0.0))
-        return self
 
 
 class Flow:
@@ -407,54 +398,3 @@ def _deliver(batch) -> None:
 
 def _succeed(ev: Deferred) -> None:
     ev.fire_in(0.0)
-
-
-def _fill(flows: List[Flow], channels: List[_Channel], stamp: int) -> List[Flow]:
-    """Max-min fair rates by progressive filling: raise every unfrozen flow's rate
-    together; a flow freezes when it reaches its solo cap or a channel it crosses
-    fills up. `channels` are the tight channels of this component (each with all
-    its flows in `flows`, all marked `seen = stamp`); slack channels are left out
-    because they cannot bind. Sets each flow's `fill_Bps`; returns the flows in
-    the order they froze."""
-    for ch in channels:
-        ch.rem_Bps = ch.capacity_Bps
-        ch.unfrozen = len(ch.flows)
-    order = sorted(flows, key=_cap)  # stable: ties keep discovery order
-    out: List[Flow] = []
-    i, n = 0, len(order)
-    while i < n:
-        if order[i].fixed == stamp:
-            i += 1
-            continue
-        level = order[i].cap_Bps
-        for ch in channels:
-            k = ch.unfrozen
-            if k and ch.rem_Bps < level * k:
-                level = ch.rem_Bps / k
-        limit = level * (1.0 + _REL)  # ties within round-off freeze together
-        frozen: List[Flow] = []
-        j = i
-        while j < n and order[j].cap_Bps <= limit:
-            frozen.append(order[j])
-            j += 1
-        for ch in channels:
-            k = ch.unfrozen
-            if k and ch.rem_Bps <= limit * k:
-                frozen.extend(ch.flows)
-        for f in frozen:
-            if f.fixed == stamp:
-                continue
-            f.fixed = stamp
-            r = f.fill_Bps = f.cap_Bps if f.cap_Bps < level else level
-            out.append(f)
-            for ch in f.channels:
-                if ch.seen != stamp:
-                    continue
-                k = ch.unfrozen
-                if k == 1:
-                    ch.unfrozen = 0
-                elif k:
-                    ch.unfrozen = k - 1
-                    left = ch.rem_Bps - r
-                    ch.rem_Bps = left if left > 0.0 else 0.0
-    return out

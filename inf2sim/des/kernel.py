@@ -25,6 +25,17 @@ import simpy
 from simpy.events import NORMAL
 
 
+class Deferred(simpy.Event):
+    """An event whose firing time is decided later: `fire_in(delay_s, value)`
+    schedules it like a Timeout created then (one heap entry, no process)."""
+
+    def fire_in(self, delay_s: float, value=None, priority=NORMAL) -> "Deferred":
+        self._ok = True
+        self._value = value
+        self.env.schedule(self, priority, max(delay_s, 0.0))
+        return self
+
+
 class Kernel(simpy.Environment):
     """A simpy Environment with `call_in` (see the module docstring)."""
 
