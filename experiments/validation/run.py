@@ -1,0 +1,178 @@
+"""Validation sweep: every (model, context length, policy) on the engine and the DES.
+
+Run by hand (it is the acceptance table of docs/calibration.md):
+
+    python experiments/validation/run.py --hardware local            # this CPU, emulated CSDs
+    python experiments/validation/run.py --hardware h100 --device cuda --dtype fp16 --models opt-13b-4l
+
+For each configuration it calls `inf2hw.validate.validate_spec` (engine, then DES, both on
+the named calibrated profile) and writes, under --out (default
+experiments/validation/results/<hardware>/): table.md (the acceptance table, with the
+command, the machine and the date), results.json (every number, per-op-kind errors
+included) and, per configuration, its validation.json / timeline.png under --work
+(default outputs/validation/<hardware>/, not committed; --png copies one timeline into
+--out). Models: opt-125m (MHA) and llama-110m (GQA, llama-tiny widened by overrides, see
+MODELS); --models picks. Units: tokens/s; errors in percent.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+POLICIES = ["flexgen_ssd", "flexgen_dram", "ans", "ans_wb", "ans_xcache", "inf2"]
+# Model shapes: a conf/model file plus overrides (a GQA model big enough that its ops are not all
+# below the timer floor on a CPU; llama-tiny itself is a 4-layer toy).
+MODELS = {
+    "opt-125m": ("opt-125m", {}),
+    "llama-110m": ("llama-tiny", {"model.name": "llama-110m", "model.num_layers": 8, "model.hidden": 1024,
+                                  "model.num_heads": 16, "model.num_kv_heads": 4, "model.head_dim": 64,
+                                  "model.ffn_dim": 2816, "model.vocab_size": 32000}),
+    # OPT-13B's layer shape (40 heads x 128, ffn 20480, MHA) with 4 layers: the H100 run
+    "opt-13b-4l": ("opt-13b", {"model.name": "opt-13b-4l", "model.num_layers": 4}),
+}
+
+
+def build_spec(model: str, prompt: int, policy: str, hardware: str, batch: int, gen: int, extra: dict):
+    from inf2sim.config import default_config, specs_from_config
+
+    from omegaconf import OmegaConf
+
+    conf, over = MODELS[model]
+    hw = OmegaConf.load(hardware) if hardware.endswith(".yaml") else hardware  # a name in conf/hardware, or a file
+    o = {"model": conf, "policy": policy, "hardware": hw, "workload.batch": batch,
+         "workload.prompt_len": prompt, "workload.gen_len": gen, **over, **extra}
+    return specs_from_config(default_config(**o))
+
+
+def cache_weights() -> None:
+    """Reuse seeded random weights across the runs of a sweep (every engine run would draw
+    the same tensors again: seconds per run for a 13B-shaped layer). The engine still
+    copies them to the device per run as it always does."""
+    import inf2hw.run as R
+
+    make, cache = R._weights, {}
+
+    def weights(spec, dtype, device):
+        if spec.model.checkpoint:
+            return make(spec, dtype, device)
+        key = (spec.model, spec.workload.seed, dtype, device, spec.policy.weights)
+        if key not in cache:
+            cache.clear()  # one model's weights at a time
+            cache[key] = make(spec, dtype, device)
+        return cache[key]
+
+    R._weights = weights
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--hardware", default="local", help="a conf/hardware name, or a profile .yaml file")
+    ap.add_argument("--models", default="opt-125m,llama-110m")
+    ap.add_argument("--prompts", default="128,512")
+    ap.add_argument("--policies", default=",".join(POLICIES))
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--gen", type=int, default=16)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="fp32")
+    ap.add_argument("--csd-dir", default="", help="directory for CSD / drive files (default: under --work)")
+    ap.add_argument("--direct-io", default="auto", help="csd.direct_io of the engine: auto | on | off")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: the profile's cpu.threads)")
+    ap.add_argument("--floor-ms", type=float, default=1.0)
+    ap.add_argument("--repeat", type=int, default=2, help="engine runs per config; the fastest is compared")
+    ap.add_argument("--set", action="append", default=[], help="extra key=value override for every config")
+    ap.add_argument("--out", default="")
+    ap.add_argument("--work", default="")
+    ap.add_argument("--png", default="", help="config label substring whose timeline.png is copied into --out")
+    ap.add_argument("--resim", action="store_true",
+                    help="do not run the engine: re-simulate and compare against the runs already under --work")
+    ap.add_argument("--tar", default="", help="also pack every config's emu/ (metrics, trace) into this .tgz")
+    a = ap.parse_args()
+
+    import torch
+
+    from inf2hw.run import EngineOptions
+    from inf2hw.validate import compare_run, kinds_table, results_table, validate_spec
+
+    cache_weights()
+
+    hw_name = Path(a.hardware).stem
+    out = Path(a.out or ROOT / "experiments" / "validation" / "results" / hw_name)
+    work = Path(a.work or ROOT / "outputs" / "validation" / hw_name)
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    extra = {}
+    for kv in a.set:
+        k, _, v = kv.partition("=")
+        extra[k] = json.loads(v) if v[:1] in "0123456789-[{tf" and v not in ("true", "false") else (
+            v == "true" if v in ("true", "false") else v)
+    results, failures, t0 = [], [], time.time()
+    for model in a.models.split(","):
+        for prompt in [int(p) for p in a.prompts.split(",")]:
+            for policy in a.policies.split(","):
+                spec = build_spec(model, prompt, policy, a.hardware, a.batch, a.gen, extra)
+                threads = a.threads or spec.hardware.cpu.threads or torch.get_num_threads()
+                torch.set_num_threads(threads)
+                label = f"{model} p{prompt} {policy}"
+                d = work / label.replace(" ", "_")
+                csd_dir = Path(a.csd_dir) / label.replace(" ", "_") if a.csd_dir else d / "kv"
+                opts = EngineOptions(device=a.device, dtype=a.dtype, csd_dirs=(str(csd_dir),), direct_io=a.direct_io)
+                t1 = time.time()
+                try:
+                    if a.resim:
+                        r = compare_run(spec, d, a.dtype, a.floor_ms, label)
+                    else:
+                        r = validate_spec(spec, opts, str(d), floor_ms=a.floor_ms, label=label, repeat=a.repeat)
+                except Exception as e:  # report what failed and go on: the table says which configs ran
+                    msg = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+                    failures.append((label, msg))
+                    print(f"[{time.time() - t0:6.0f} s] {label}: FAILED {msg}", flush=True)
+                    continue
+                results.append(r)
+                print(f"[{time.time() - t0:6.0f} s] {label}: measured {r.measured_tok_s:.3f} simulated "
+                      f"{r.simulated_tok_s:.3f} tok/s error {100 * r.error:+.1f} % worst kind "
+                      f"{r.worst_kind()} {100 * (r.worst_mape or 0):.1f} % ({time.time() - t1:.0f} s, load "
+                      f"{r.load_avg[0]:.1f}/{r.load_avg[1]:.1f})", flush=True)
+                if a.png and a.png in label:
+                    shutil.copy(r.png, out / f"timeline_{label.replace(' ', '_')}.png")
+    cmd = "python " + " ".join([str(Path(sys.argv[0]).resolve().relative_to(ROOT))] + sys.argv[1:])
+    ok = sum(r.ok() for r in results)
+    head = [f"# Validation on `{hw_name}`: engine (backend=emu) vs DES (backend=sim)", "",
+            f"Command: `{cmd}`  ", f"Date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}  ",
+            f"Machine: {platform.node()} {platform.machine()}, device={a.device}, dtype={a.dtype}, "
+            f"csd.direct_io={a.direct_io}, engine runs per config {a.repeat} (fastest kept), "
+            f"batch {a.batch}, gen {a.gen}, torch threads {torch.get_num_threads()}  ",
+            f"Error = simulated / measured - 1 (total tokens/s). Per-op-kind MAPE over ops matched by name with a "
+            f"measured duration >= {a.floor_ms:g} ms. Within bounds: |error| <= 10 % and every kind's MAPE <= 20 %.  ",
+            f"{ok} of {len(results)} configurations within bounds"
+            + (f" ({len(failures)} more did not run, listed below)." if failures else "."), ""]
+    body = [results_table(results), ""]
+    if failures:
+        body += ["Configurations that did not run:", ""] + [f"- {lab}: `{msg}`" for lab, msg in failures] + [""]
+    body += ["## Per-op-kind errors", ""]
+    for r in results:
+        body += [f"### {r.config}", "", kinds_table(r), ""]
+    (out / "table.md").write_text("\n".join(head + body))
+    (out / "results.json").write_text(json.dumps({"command": cmd, "results": [r.to_dict() for r in results],
+                                                  "failures": failures}, indent=2))
+    if a.tar:
+        import tarfile
+
+        with tarfile.open(a.tar, "w:gz") as tf:
+            for r in results:
+                for f in ("metrics.json", "trace.json"):
+                    p = Path(r.out_dir) / "emu" / f
+                    if p.exists():
+                        tf.add(p, arcname=f"{Path(r.out_dir).name}/emu/{f}")
+    print(results_table(results))
+    print(f"{ok}/{len(results)} within bounds; wrote {out / 'table.md'}")
+
+
+if __name__ == "__main__":
+    main()

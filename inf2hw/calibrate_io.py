@@ -1,0 +1,240 @@
+"""Disk and memory microbenchmarks of `inf2 calibrate` (the I/O half of `inf2hw.calibrate`).
+
+Called by `inf2hw.calibrate.measure` once per calibration. Every function returns plain
+numbers plus a one-line `how` string that the profile writer (`inf2hw.calibrate_profile`)
+puts beside the value. Units: bytes, seconds, GB/s = 1e9 B/s.
+
+Disk curves (`disk_curves`): payload bandwidth over request size, read and write,
+O_DIRECT and buffered (two ways, see MODES), with 1 process and with N processes at once (each on its own
+file in the same directory, started together), because that is how the real engine
+uses a disk: one process per emulated CSD, each with its own KV files. Requests are
+issued one at a time per process (queue depth 1, like a CSD worker's I/O thread), at
+consecutive offsets. Under O_DIRECT a request below 4 KiB is done the way
+`inf2hw.csd.kvfile` does it: a 4 KiB read for a read, a read-modify-write of the
+4 KiB block for a write; the curve still counts only the payload bytes. Buffered
+reads are warm (the file was just written and fits in RAM, as a FlexGen drive file
+does in the engine); buffered writes land in the page cache (no fsync); both copy the
+payload once more, as `inf2hw.stores.DiskStore` does (bytes <-> bytearray / tensor).
+Writes of whole 4 KiB blocks go to a fresh sparse file (the engine's KV files are
+created sparse, so its stores allocate blocks as they write); smaller writes
+read-modify-write blocks that hold data (a KV append lands in a block already written).
+"""
+from __future__ import annotations
+
+import mmap
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Tuple
+
+ALIGN = 4096
+# How each benchmark stream does its I/O, after the engine code it stands for:
+#   direct     O_DIRECT preadv / pwrite of an aligned buffer (inf2hw.csd.kvfile, csd.direct_io=on)
+#   buffered   the same calls through the page cache (kvfile, csd.direct_io=off)
+#   diskstore  page cache, pread into bytes + a bytearray copy / pwrite of a bytes copy
+#              (inf2hw.stores.DiskStore: FlexGen's drives and the X-cache on flash)
+MODES = ("direct", "buffered", "diskstore")
+SIZES_QUICK = (256, 512, 1024, 2048, 4096, 16384, 65536, 262144, 1 << 20, 4 << 20)
+SIZES_FULL = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144, 1 << 20, 4 << 20, 16 << 20)
+
+
+def _round_up(x: int, a: int) -> int:
+    return -(-x // a) * a
+
+
+def _ctx():
+    return mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+
+
+@dataclass
+class DiskCurves:
+    """One mode's curves: req_bytes -> GB/s for reads and writes, 1 process and N at once."""
+
+    mode: str  # one of MODES
+    procs: int
+    req_bytes: List[int] = field(default_factory=list)
+    read_gbps: List[float] = field(default_factory=list)  # one process
+    write_gbps: List[float] = field(default_factory=list)
+    read_agg_gbps: List[float] = field(default_factory=list)  # N processes together (sum of bytes / wall)
+    write_agg_gbps: List[float] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------ one process
+def _one_stream(path: str, op: str, mode: str, req: int, budget_s: float, max_bytes: int) -> Tuple[int, float]:
+    """Issue `op` requests of `req` payload bytes at consecutive offsets for up to
+    budget_s / max_bytes, the way `mode` does I/O (see MODES); returns (payload bytes, seconds)."""
+    direct, store = mode == "direct", mode == "diskstore"
+    io = _round_up(req, ALIGN) if direct else req
+    buf = mmap.mmap(-1, max(io, ALIGN))
+    buf[: min(len(buf), 64)] = os.urandom(min(len(buf), 64))
+    mv = memoryview(buf)
+    size = os.stat(path).st_size
+    fresh = op == "write" and req >= ALIGN
+    if fresh:  # whole-block writes go to a new sparse file, as the engine's KV files are (first write allocates)
+        path = f"{path}.w{req}"
+        with open(path, "wb") as f:
+            f.truncate(size)
+    flags = (os.O_RDWR if op == "write" else os.O_RDONLY) | (os.O_DIRECT if direct else 0)
+    fd = os.open(path, flags)
+    span = max(io, (size // max(io, ALIGN)) * max(io, ALIGN))
+    moved, off, t0 = 0, 0, time.perf_counter()
+    try:
+        while True:
+            if off + io > span:
+                off = 0
+            if op == "read" and store:  # DiskStore: pread into bytes, then a bytearray copy
+                bytearray(os.pread(fd, io, off))
+            elif op == "read":
+                os.preadv(fd, [mv[:io]], off)
+            elif direct and req < ALIGN:  # read-modify-write of the covering block (kvfile does this)
+                os.preadv(fd, [mv[:ALIGN]], off)
+                os.pwrite(fd, mv[:ALIGN], off)
+            elif store:  # DiskStore: the payload is first copied out of a tensor into bytes
+                os.pwrite(fd, bytes(mv[:io]), off)
+            else:
+                os.pwrite(fd, mv[:io], off)
+            moved += req
+            off += io
+            dt = time.perf_counter() - t0
+            if dt >= budget_s or moved >= max_bytes:
+                return moved, dt
+    finally:
+        os.close(fd)
+        if fresh:
+            os.unlink(path)
+        mv.release()
+        buf.close()
+
+
+def _child(conn, path, op, mode, req, budget_s, max_bytes, barrier):
+    try:
+        barrier.wait(30)
+        conn.send(_one_stream(path, op, mode, req, budget_s, max_bytes))
+    except Exception as e:  # reported to the parent
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+    finally:
+        conn.close()
+
+
+def _streams(paths: List[str], op: str, mode: str, req: int, budget_s: float, max_bytes: int) -> Tuple[float, float]:
+    """(per-process GB/s averaged, aggregate GB/s) of len(paths) processes started together."""
+    if len(paths) == 1:
+        b, s = _one_stream(paths[0], op, mode, req, budget_s, max_bytes)
+        return b / s / 1e9, b / s / 1e9
+    ctx = _ctx()
+    barrier = ctx.Barrier(len(paths))
+    pipes, procs = [], []
+    for p in paths:
+        a, b = ctx.Pipe(duplex=False)
+        pr = ctx.Process(target=_child, args=(b, p, op, mode, req, budget_s, max_bytes, barrier), daemon=True)
+        pr.start()
+        b.close()
+        pipes.append(a)
+        procs.append(pr)
+    got = [c.recv() for c in pipes]
+    for pr in procs:
+        pr.join(10)
+    for g in got:
+        if g[0] == "error":
+            raise OSError(f"disk benchmark child failed: {g[1]}")
+    per = [b / s / 1e9 for b, s in got]
+    agg = sum(b for b, _ in got) / max(s for _, s in got) / 1e9
+    return sum(per) / len(per), agg
+
+
+def make_files(directory: str, n: int, file_bytes: int) -> List[str]:
+    """n files of file_bytes (random data, fsynced) under `directory`."""
+    os.makedirs(directory, exist_ok=True)
+    chunk = os.urandom(1 << 20)
+    paths = []
+    for i in range(n):
+        p = os.path.join(directory, f".inf2-calibrate-{os.getpid()}-{i}.bin")
+        with open(p, "wb") as f:
+            for _ in range(max(1, file_bytes >> 20)):
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        paths.append(p)
+    return paths
+
+
+def direct_io_ok(directory: str) -> bool:
+    from .csd.kvfile import probe_direct_io
+
+    return probe_direct_io(directory) is None
+
+
+def disk_curves(paths: List[str], mode: str, sizes, budget_s: float, max_bytes: int,
+                tick: Callable[[], None] = lambda: None) -> DiskCurves:
+    """Curves for one mode (MODES) over `sizes`, 1 process and len(paths) processes."""
+    out = DiskCurves(mode, len(paths))
+    for req in sizes:
+        out.req_bytes.append(int(req))
+        for op in ("read", "write"):
+            one, _ = _streams(paths[:1], op, mode, req, budget_s, max_bytes)
+            tick()
+            _, agg = _streams(paths, op, mode, req, budget_s, max_bytes) if len(paths) > 1 else (one, one)
+            tick()
+            (out.read_gbps if op == "read" else out.write_gbps).append(one)
+            (out.read_agg_gbps if op == "read" else out.write_agg_gbps).append(agg)
+    return out
+
+
+def monotone(xs: List[float]) -> List[float]:
+    """Running maximum: a larger request never gets less bandwidth in the profile
+    (single noisy points on a shared machine would otherwise dent the curve)."""
+    out, m = [], 0.0
+    for x in xs:
+        m = max(m, x)
+        out.append(m)
+    return out
+
+
+# ---------------------------------------------------------------------- memory
+def memcpy_gbps(nbytes: int = 64 << 20, repeat: int = 5) -> float:
+    """Host memory copy bandwidth (bytes copied / s) of torch's copy_, best of `repeat`."""
+    import torch
+
+    a = torch.empty(nbytes, dtype=torch.uint8)
+    b = torch.empty_like(a)
+    a.fill_(1)
+    b.copy_(a)
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        b.copy_(a)
+        best = min(best, time.perf_counter() - t0)
+    return nbytes / best / 1e9
+
+
+def host_gpu_copies(device: str, nbytes: int = 64 << 20, repeat: int = 5) -> Dict[str, float]:
+    """GB/s of host<->GPU copies: h2d/d2h, pinned and pageable, best of `repeat`; plus the
+    latency of a 4 KiB copy (us). Only called when torch sees a GPU."""
+    import torch
+
+    out: Dict[str, float] = {}
+    dev = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    for pinned in (True, False):
+        host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pinned)
+        for name, fn in (("h2d", lambda: dev.copy_(host, non_blocking=pinned)),
+                         ("d2h", lambda: host.copy_(dev, non_blocking=pinned))):
+            fn()
+            torch.cuda.synchronize()
+            best = float("inf")
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                fn()
+                torch.cuda.synchronize()
+                best = min(best, time.perf_counter() - t0)
+            out[f"{name}_{'pinned' if pinned else 'pageable'}_gbps"] = nbytes / best / 1e9
+    small_h = torch.empty(4096, dtype=torch.uint8, pin_memory=True)
+    small_d = torch.empty(4096, dtype=torch.uint8, device=device)
+    lat = []
+    for _ in range(50):
+        t0 = time.perf_counter()
+        small_d.copy_(small_h)
+        torch.cuda.synchronize()
+        lat.append(time.perf_counter() - t0)
+    out["latency_us"] = sorted(lat)[len(lat) // 2] * 1e6
+    return out

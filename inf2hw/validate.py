@@ -1,0 +1,216 @@
+"""`inf2 validate`: run one configuration for real and in the simulator, and compare.
+
+Called by `inf2hw.loop.validate_cli` (mode=validate) and by
+experiments/validation/run.py (the acceptance table). `validate_spec` runs the real
+engine (`inf2hw.run.run_engine`, backend=emu) and the DES (`inf2sim.simulate.simulate_spec`,
+full fidelity, every step traced) on the same `RunSpec` and the same hardware profile
+(normally a calibrated one, `inf2 calibrate`), then reports
+  - end-to-end error: simulated / measured - 1 of total tokens/s (and prefill, decode);
+  - per-op-kind MAPE: ops matched by name (the plan gives both backends the same
+    names), kind = (op class, `what`), mean of |sim - measured| / measured over the
+    kind's ops whose measured duration is at least `floor_ms` (shorter ops are timer
+    and scheduling noise on a Python engine; how many were left out, and their share
+    of the kind's measured time, is reported beside);
+  - one PNG with the two timelines one above the other (same time axis).
+The model's bytes are the engine's: `model.dtype_bytes` is set to the engine dtype's
+size (fp32 on a CPU = 4) for both runs. A short warm-up run of the engine (prompt <= 32, gen_len=2)
+comes first so one-time costs (allocator, first kernels, page faults) do not count.
+With `repeat` > 1 the engine runs that many times and the fastest run is compared (on
+a shared machine the slower runs measure the neighbours' load; the 1-minute load
+average before and after is recorded).
+Units: seconds, tokens/s; errors as fractions (0.05 = 5 %).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from inf2sim.config import RunSpec
+from inf2sim.metrics import read_chrome_trace
+from inf2sim.plan import Span
+
+ITEMSIZE = {"fp32": 4, "fp16": 2, "bf16": 2}
+
+
+@dataclass
+class KindError:
+    kind: str  # "Class/what"
+    ops: int  # matched ops
+    compared: int  # ops at or above the floor
+    mape: Optional[float]  # over the compared ops (None if none)
+    median_ape: Optional[float]
+    measured_s: float  # summed measured duration of all matched ops
+    simulated_s: float
+    below_floor_share: float  # share of measured_s in ops under the floor
+
+
+@dataclass
+class ValidationResult:
+    config: str
+    measured_tok_s: float
+    simulated_tok_s: float
+    error: float  # simulated / measured - 1, total tokens/s
+    prefill_error: float
+    decode_error: float
+    kinds: List[KindError] = field(default_factory=list)
+    floor_ms: float = 1.0
+    png: str = ""
+    out_dir: str = ""
+    measured: Dict[str, float] = field(default_factory=dict)
+    simulated: Dict[str, float] = field(default_factory=dict)
+    repeat: int = 1  # engine runs; the fastest is compared
+    load_avg: Tuple[float, float] = (float("nan"), float("nan"))  # 1-min load average before / after the runs
+
+    @property
+    def worst_mape(self) -> Optional[float]:
+        vals = [k.mape for k in self.kinds if k.mape is not None]
+        return max(vals) if vals else None
+
+    def worst_kind(self) -> str:
+        ks = [k for k in self.kinds if k.mape is not None]
+        return max(ks, key=lambda k: k.mape).kind if ks else ""
+
+    def ok(self, e2e_bound: float = 0.10, kind_bound: float = 0.20) -> bool:
+        w = self.worst_mape
+        return abs(self.error) <= e2e_bound and (w is None or w <= kind_bound)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["worst_mape"], d["worst_kind"] = self.worst_mape, self.worst_kind()
+        return d
+
+
+def config_label(spec: RunSpec) -> str:
+    wl, hw, p = spec.workload, spec.hardware, spec.policy
+    return (f"{spec.model.name} {p.name} b{wl.batch} p{wl.prompt_len} g{wl.gen_len} "
+            f"csd{hw.csd_count} ssd{hw.ssd_count}")
+
+
+def engine_spec(spec: RunSpec, dtype: str) -> RunSpec:
+    """The spec both backends run: model bytes in the engine's dtype, every step traced."""
+    model = replace(spec.model, dtype_bytes=ITEMSIZE[dtype])
+    sim = replace(spec.sim, fidelity="full", trace=True, trace_steps=-1)
+    return replace(spec, model=model, sim=sim)
+
+
+def _err(sim: float, meas: float) -> float:
+    return sim / meas - 1.0 if meas > 0 else float("nan")
+
+
+def compare_ops(measured: List[Span], simulated: List[Span], floor_ms: float) -> List[KindError]:
+    """Per-kind errors over ops matched by name (see the module docstring)."""
+    sim_by = {s.name: s for s in simulated}
+    groups: Dict[str, List[Tuple[float, float]]] = defaultdict(list)
+    for m in measured:
+        s = sim_by.get(m.name)
+        if s is not None:
+            groups[f"{m.kind}/{m.what}"].append((m.dur_s, s.dur_s))
+    out = []
+    floor = floor_ms * 1e-3
+    for kind, pairs in sorted(groups.items()):
+        big = [(m, s) for m, s in pairs if m >= floor]
+        apes = sorted(abs(s - m) / m for m, s in big)
+        tot = sum(m for m, _ in pairs)
+        small = sum(m for m, _ in pairs if m < floor)
+        out.append(KindError(kind, len(pairs), len(big), sum(apes) / len(apes) if apes else None,
+                             apes[len(apes) // 2] if apes else None, tot, sum(s for _, s in pairs),
+                             small / tot if tot > 0 else 0.0))
+    return out
+
+
+def _loadavg() -> float:
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def validate_spec(spec: RunSpec, opts, out_dir: str, floor_ms: float = 1.0, warmup: bool = True,
+                  label: Optional[str] = None, plot: bool = True, repeat: int = 1) -> ValidationResult:
+    """Run `spec` on the engine (with `opts`, an `inf2hw.run.EngineOptions`; the fastest of
+    `repeat` runs is kept) and the DES; write emu/ sim/ validation.json and timeline.png
+    under out_dir; return the comparison."""
+    from inf2hw.run import run_engine
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = engine_spec(spec, opts.dtype)
+    if warmup:
+        tmp = tempfile.mkdtemp(prefix="inf2-validate-warmup-")
+        try:
+            short = replace(spec.workload, prompt_len=min(spec.workload.prompt_len, 32), gen_len=2)
+            run_engine(replace(spec, workload=short), replace(opts, progress=False), tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    load0 = _loadavg()
+    best = None
+    for k in range(max(1, repeat)):
+        d = out / f"emu_try{k}"
+        _, _, m, spans = run_engine(spec, opts, str(d))
+        if best is None or m.throughput["total_tok_s"] > best[0].throughput["total_tok_s"]:
+            if best is not None:
+                shutil.rmtree(best[2], ignore_errors=True)
+            best = (m, spans, d)
+        else:
+            shutil.rmtree(d, ignore_errors=True)
+    shutil.rmtree(out / "emu", ignore_errors=True)
+    best[2].rename(out / "emu")
+    return compare_run(spec, out, opts.dtype, floor_ms, label, plot, best[0].throughput, max(1, repeat),
+                       (load0, _loadavg()))
+
+
+def compare_run(spec: RunSpec, out: Path, dtype: str = "fp32", floor_ms: float = 1.0, label: Optional[str] = None,
+                plot: bool = True, measured: Optional[Dict[str, float]] = None, repeat: int = 1,
+                load_avg: Tuple[float, float] = (float("nan"), float("nan"))) -> ValidationResult:
+    """Simulate `spec` into out/sim and compare it with the engine run kept in out/emu
+    (metrics.json, trace.json): the second half of `validate_spec`, also usable alone to
+    re-check a measured run against a changed profile or model without running it again."""
+    from inf2sim.simulate import simulate_spec
+
+    out = Path(out)
+    spec = engine_spec(spec, dtype)
+    te = measured or json.loads((out / "emu" / "metrics.json").read_text())["throughput"]
+    spans_emu = read_chrome_trace(out / "emu" / "trace.json")
+    m_sim = simulate_spec(spec, out_dir=str(out / "sim"))
+    spans_sim = read_chrome_trace(out / "sim" / "trace.json")
+    ts = m_sim.throughput
+    r = ValidationResult(label or config_label(spec), te["total_tok_s"], ts["total_tok_s"],
+                         _err(ts["total_tok_s"], te["total_tok_s"]), _err(ts["prefill_tok_s"], te["prefill_tok_s"]),
+                         _err(ts["decode_tok_s"], te["decode_tok_s"]), compare_ops(spans_emu, spans_sim, floor_ms),
+                         floor_ms, out_dir=str(out), measured=dict(te), simulated=dict(ts),
+                         repeat=repeat, load_avg=load_avg)
+    if plot:
+        from .validate_plot import plot_timelines
+
+        r.png = str(plot_timelines(spans_sim, spans_emu, out / "timeline.png", r.config,
+                                   f"simulated: {r.simulated_tok_s:.3g} tok/s", f"measured: {r.measured_tok_s:.3g} tok/s"))
+    (out / "validation.json").write_text(json.dumps(r.to_dict(), indent=2))
+    return r
+
+
+# ------------------------------------------------------------------------ tables
+def kinds_table(r: ValidationResult) -> str:
+    head = f"| op kind | ops | compared (>= {r.floor_ms:g} ms) | MAPE | median APE | measured s | simulated s | under floor |"
+    lines = [head, "|" + "---|" * 8]
+    for k in r.kinds:
+        pct = lambda x: "-" if x is None else f"{100 * x:.1f} %"  # noqa: E731
+        lines.append(f"| {k.kind} | {k.ops} | {k.compared} | {pct(k.mape)} | {pct(k.median_ape)} | "
+                     f"{k.measured_s:.3f} | {k.simulated_s:.3f} | {100 * k.below_floor_share:.0f} % |")
+    return "\n".join(lines)
+
+
+def results_table(rs: List[ValidationResult]) -> str:
+    head = ("| config | measured tok/s | simulated tok/s | error | prefill error | decode error | "
+            "worst op-kind MAPE | worst kind | within bounds |")
+    lines = [head, "|" + "---|" * 9]
+    for r in rs:
+        w = r.worst_mape
+        lines.append(f"| {r.config} | {r.measured_tok_s:.3f} | {r.simulated_tok_s:.3f} | {100 * r.error:+.1f} % | "
+                     f"{100 * r.prefill_error:+.1f} % | {100 * r.decode_error:+.1f} % | "
+                     f"{'-' if w is None else f'{100 * w:.1f} %'} | {r.worst_kind()} | {'yes' if r.ok() else 'no'} |")
+    return "\n".join(lines)

@@ -1,0 +1,57 @@
+"""`inf2 validate`: one tiny configuration on the engine and the DES gives the table,
+the per-op-kind errors and the timeline PNG; the comparison itself is exact on literal spans."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from inf2hw.validate import compare_ops, results_table
+from inf2sim.plan import Span
+
+
+def _span(name, kind, what, dur, start=0.0):
+    return Span(name, kind, what, "gpu", 0, 0, start, start + dur)
+
+
+def test_compare_ops_matches_by_name_and_applies_the_floor():
+    meas = [_span("a", "DenseCompute", "qkv", 0.010), _span("b", "DenseCompute", "qkv", 0.020),
+            _span("c", "DenseCompute", "qkv", 0.0001), _span("d", "Transfer", "kv", 0.004),
+            _span("only_measured", "Transfer", "kv", 1.0)]
+    sim = [_span("a", "DenseCompute", "qkv", 0.011), _span("b", "DenseCompute", "qkv", 0.015),
+           _span("c", "DenseCompute", "qkv", 0.0009), _span("d", "Transfer", "kv", 0.005),
+           _span("only_simulated", "Transfer", "kv", 1.0)]
+    kinds = {k.kind: k for k in compare_ops(meas, sim, floor_ms=1.0)}
+    qkv = kinds["DenseCompute/qkv"]
+    assert (qkv.ops, qkv.compared) == (3, 2)  # c is under the 1 ms floor
+    assert qkv.mape == pytest.approx((0.1 + 0.25) / 2)
+    assert qkv.measured_s == pytest.approx(0.0301) and qkv.below_floor_share == pytest.approx(0.0001 / 0.0301)
+    assert kinds["Transfer/kv"].ops == 1 and kinds["Transfer/kv"].mape == pytest.approx(0.25)
+
+
+def test_validate_cli_on_a_tiny_config(tmp_path):
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-c", "from inf2sim.cli import main; main()", "validate",
+                        "model=llama-tiny", "policy=ans", "workload=tiny", "workload.gen_len=3",
+                        "hardware=paper_a100", "hardware.csd_count=2", "validate.warmup=false",
+                        f"csd.dirs=[{tmp_path / 'kv'}]", f"hydra.run.dir={out}"],
+                       capture_output=True, text=True, timeout=150)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "| config | measured tok/s | simulated tok/s | error |" in r.stdout
+    assert "| op kind | ops |" in r.stdout and "Attention/attn_out" in r.stdout
+    png = out / "timeline.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    res = json.loads((out / "validation.json").read_text())
+    assert res["measured_tok_s"] > 0 and res["simulated_tok_s"] > 0
+    assert res["error"] == pytest.approx(res["simulated_tok_s"] / res["measured_tok_s"] - 1)
+    kinds = {k["kind"] for k in res["kinds"]}
+    assert {"DenseCompute/qkv", "Transfer/kv", "Attention/attn_out"} <= kinds
+    assert (out / "emu" / "trace.json").exists() and (out / "sim" / "trace.json").exists()
+
+
+def test_results_table_has_the_acceptance_columns():
+    from inf2hw.validate import ValidationResult
+
+    r = ValidationResult("m ans", 10.0, 10.5, 0.05, 0.0, 0.06)
+    line = results_table([r]).splitlines()[2]
+    assert "| m ans | 10.000 | 10.500 | +5.0 % |" in line and line.endswith("| yes |")
