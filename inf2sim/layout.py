@@ -131,16 +131,22 @@ class Layout:
 
 def x_cache_alpha(model: ModelSpec, workload: Workload, hw: HardwareProfile, policy: Policy) -> float:
     """Resolve policy.xcache.alpha: a number, 'auto' (v2 bandwidth model
-    a = 2 B_PCI / (B_SSD + B_PCI), rounded to a power-of-two fraction) or 'budget'
-    (largest a whose X fits the host memory budget next to host-resident weights)."""
+    a = 2 B_PCI / (B_SSD + B_PCI), rounded to a power-of-two fraction; with X in host
+    DRAM (`where=host`) also capped by the memory budget, since the cache must fit)
+    or 'budget' (largest a whose X fits the host memory budget next to host-resident
+    weights)."""
     a = policy.xcache.alpha
     if isinstance(a, (int, float)):
         return float(a)
     if a == "auto":
         b_ssd = hw.csd_count * max(hw.csd.ssd.read_gbps)
         b_pci = hw.chassis.uplink.up_gbps if policy.xcache.where == "ssd" else hw.gpu.link.down_gbps
-        return pow2_fraction(2 * b_pci / (b_ssd + b_pci)) if b_ssd + b_pci > 0 else 0.0
-    # budget
+        bw = pow2_fraction(2 * b_pci / (b_ssd + b_pci)) if b_ssd + b_pci > 0 else 0.0
+        return bw if policy.xcache.where == "ssd" else min(bw, _budget_alpha(model, workload, hw, policy))
+    return _budget_alpha(model, workload, hw, policy)
+
+
+def _budget_alpha(model: ModelSpec, workload: Workload, hw: HardwareProfile, policy: Policy) -> float:
     seq_len = workload.prompt_len + workload.gen_len
     per_seq = seq_len * model.num_layers * cooperative_bytes_per_token(model)
     weights_host = model.layer_weight_bytes() * model.num_layers * policy.weights.host
