@@ -44,7 +44,7 @@ def _spec(model, policy, extra, full_depth=False):
 
 
 def _reference(r):
-    key = (r.model.name, r.workload.batch, r.workload.prompt_len, r.workload.gen_len, r.workload.seed)
+    key = (r.model.name, r.model.num_layers, r.workload.batch, r.workload.prompt_len, r.workload.gen_len, r.workload.seed)
     if key not in _HF:
         w = M.init_random(r.model, seed=r.workload.seed)
         hf = M.to_hf_model(r.model, w)
