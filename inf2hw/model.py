@@ -7,6 +7,11 @@ needs the forward pass cut at the places where data moves: `embed`, then per lay
 the layer input X for the X-cache. Also called by the tests and by `reference_generate`,
 the plain in-memory greedy decoder every policy is checked against, and by
 `to_hf_model` to check that reference against Hugging Face transformers.
+`prefill_attention` is the prompt's causal attention for both the engine and the
+reference: exact fp32 (`inf2hw.attention`) on the CPU and for fp32 tensors, PyTorch's
+fused kernel (FlashAttention's role) for fp16/bf16 on a GPU, where the exact form's
+[heads, prompt, prompt] score tensor would not fit. `init_repeated` builds benchmark
+weights in seconds (see its docstring).
 
 Shapes: tokens/positions [batch, seq] int64; x [batch, seq, hidden] in the weights'
 dtype; q [batch, heads, seq, head_dim]; k, v [batch, kv_heads, seq, head_dim].
@@ -163,6 +168,25 @@ def init_random(spec: ModelSpec, seed: int = 0, dtype: torch.dtype = torch.float
         final_norm_b=bias(H))
 
 
+_init_random_exact = init_random  # `init_repeated` draws its one layer with this even if init_random is swapped
+
+
+def init_repeated(spec: ModelSpec, seed: int = 0, dtype: torch.dtype = torch.float16, device="cpu") -> Weights:
+    """Benchmark weights: `init_random` of a one-layer model, whose block is copied
+    to every layer (distinct memory per layer, so no layer reads another's weights
+    from a cache). Same shapes and bytes as `init_random`, so every transfer and
+    kernel costs the same, made in seconds for 13B+ models where `init_random` draws
+    every value from one CPU generator (minutes). Not for exactness tests: every
+    layer computes the same function."""
+    from dataclasses import replace
+
+    one = _init_random_exact(replace(spec, num_layers=1), seed=seed, dtype=dtype, device=device)
+    one.spec = spec
+    block = one.layers[0]
+    one.layers = [block] + [block._map(torch.clone) for _ in range(spec.num_layers - 1)]
+    return one
+
+
 # ---------------------------------------------------------------------- primitives
 def _norm(x: Tensor, w: Tensor, b: Optional[Tensor], spec: ModelSpec) -> Tensor:
     """OPT: LayerNorm(w, b). LLaMA/Mixtral: RMSNorm computed in fp32, as HF does."""
@@ -258,6 +282,18 @@ def post(lw: LayerWeights, spec: ModelSpec, x: Tensor, attn: Tensor) -> Tensor:
     return x + f
 
 
+def prefill_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Causal attention of a prompt over itself: q [b, heads, P, d] unscaled, k, v
+    [b, kv_heads, P, d] -> [b, heads, P, d]. fp16/bf16 on a GPU: PyTorch's fused
+    scaled_dot_product_attention (flash / memory-efficient kernels, fp32 accumulation,
+    result in q's dtype). Otherwise the exact fp32 `attend_heads` (its fp32 result)."""
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        gqa = q.shape[1] != k.shape[1]
+        kw = {"enable_gqa": True} if gqa else {}
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0 / math.sqrt(q.shape[-1]), **kw)
+    return attend_heads(q, k, v, causal=True)
+
+
 def head(w: Weights, x: Tensor) -> Tensor:
     """Final norm + lm_head: x [b, t, hidden] -> logits [b, t, vocab] (x's dtype)."""
     return F.linear(_norm(x, w.final_norm, w.final_norm_b, w.spec), w.lm_head)
@@ -265,11 +301,13 @@ def head(w: Weights, x: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------------- reference
 @torch.no_grad()
-def reference_generate(spec: ModelSpec, weights: Weights, prompt_ids: Tensor, gen_len: int) -> Tuple[Tensor, Tensor]:
+def reference_generate(spec: ModelSpec, weights: Weights, prompt_ids: Tensor, gen_len: int,
+                       step_logits: Optional[list] = None) -> Tuple[Tensor, Tensor]:
     """Plain in-memory greedy decoding with a concatenating KV cache.
 
     prompt_ids [b, p] int64 -> (tokens [b, gen_len] int64, last_logits fp32 [b, vocab],
-    the logits that chose the last token). Runs where the weights are.
+    the logits that chose the last token). Runs where the weights are. If `step_logits`
+    is a list, every step's logits (fp32 [b, vocab]) are appended to it.
     """
     dev = weights.embed.device
     ids = prompt_ids.to(dev)
@@ -280,8 +318,10 @@ def reference_generate(spec: ModelSpec, weights: Weights, prompt_ids: Tensor, ge
     for lw in weights.layers:  # prefill
         q, k, v = qkv(lw, spec, x, pos)
         cache.append((k, v))
-        x = post(lw, spec, x, attend_heads(q, k, v, causal=True))
+        x = post(lw, spec, x, prefill_attention(q, k, v))
     logits = head(weights, x[:, -1:])[:, -1].float()  # [b, vocab]
+    if step_logits is not None:
+        step_logits.append(logits)
     out = [logits.argmax(-1)]
     for step in range(1, gen_len):  # decode: one token per step
         pos = torch.full((b, 1), p + step - 1, device=dev, dtype=torch.int64)
@@ -292,6 +332,8 @@ def reference_generate(spec: ModelSpec, weights: Weights, prompt_ids: Tensor, ge
             cache[i] = (k, v)
             x = post(lw, spec, x, attend_heads(q, k, v))
         logits = head(weights, x)[:, -1].float()
+        if step_logits is not None:
+            step_logits.append(logits)
         out.append(logits.argmax(-1))
     return torch.stack(out, dim=1), logits
 

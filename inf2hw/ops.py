@@ -9,9 +9,21 @@ Tensor layouts: the model's [batch, heads, tokens, head_dim]; KV rows
 r = seq * num_kv_heads + kv_head ([rows, tokens, head_dim]); a row's query heads
 [rows, group, head_dim] (see `inf2hw.attention`). Host-side tensors live on the
 CPU in the storage dtype; dense compute runs on `device` in the compute dtype.
+
+GPU (device=cuda). Dense work and GPU attention are enqueued on the default
+("compute") stream and return at once; streamed weights go host (pinned) -> one of
+two GPU weight slots on the copy stream, cooperative X loads host (pinned) -> one of
+`X_RING` GPU buffers per micro-batch on the X stream. `stream_for(op)` tells the
+engine which stream an op's kernels go to; the engine orders streams by events
+(see `inf2hw.engine`), so no op waits for the whole device. The host waits for the
+GPU only where it reads GPU data (queries going to the CPU or the CSDs, logits);
+the prompt's K,V leave the GPU on a D2H stream through pinned relay buffers, on a
+thread, while the GPU computes the next layers (`inf2hw.ops_io`).
 """
 from __future__ import annotations
 
+import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Tuple
 
@@ -22,6 +34,9 @@ from inf2sim.plan import Attention, DenseCompute, Op, Spill, Transfer
 
 from . import attention as A
 from . import model as M
+
+X_RING = 2  # GPU buffers of X per micro-batch: the load of layer L waits for the layer L - X_RING that used its buffer
+CPU_ATTN_ROWS = 16  # rows per piece of CPU attention: a piece's fp32 copies of K and V stay in cache
 
 
 def tag_of(op: Op) -> str:
@@ -39,17 +54,35 @@ class OpRunner:
         self.c = ctx  # EngineContext: spec, weights, device, dtypes, csds, stores, layout, prompts
         self.io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="inf2-io")
         self.cpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inf2-cpu")
+        self.attn_ws = AttnWorkspace()  # used by the CPU attention thread only
         self.x: Dict[int, torch.Tensor] = {}  # mb -> [mb, t, hidden] current hidden state
         self.xin: Dict[Tuple[int, int], torch.Tensor] = {}  # (L, mb) -> layer input X
         self.qkv: Dict[Tuple[int, int], Tuple[torch.Tensor, ...]] = {}  # device q, k, v
         self.host_qkv: Dict[Tuple[int, int], Tuple[torch.Tensor, ...]] = {}  # q rows, k rows, v rows on host
         self.parts: Dict[Tuple[int, int], List[tuple]] = {}  # attention results per (L, mb)
-        self.staged: Dict[Tuple[str, int, int], object] = {}  # read buffers, tail scores, X loads
-        self.dev_w: Dict[int, M.LayerWeights] = {}
+        self.staged: Dict[tuple, object] = {}  # read buffers, tail scores, X loads, the prompt's K,V
+        self.dev_w: Dict[int, M.LayerWeights] = {}  # layer -> its GPU weight slot (streamed weights)
         self.fill: Dict[Tuple[int, int, int], int] = {}  # (csd, L, mb) -> token slots stored
         self.tokens: List[List[int]] = [[] for _ in range(ctx.spec.workload.batch)]
         self.last_logits: Optional[torch.Tensor] = None
         self.step = 0
+        self.cuda = str(ctx.device).startswith("cuda")
+        self.w_slots: List[Optional[M.LayerWeights]] = [None, None]
+        self.x_bufs: Dict[Tuple[int, int], tuple] = {}  # (mb, ring slot) -> GPU X (or K,V) buffers
+        self.relays: List[tuple] = []  # free pinned relay buffers for the prompt's K,V (D2H)
+        self.relay_lock = threading.Lock()
+        self.kv_out: List = []  # D2H jobs of the prompt's K,V still copying (bounded: GPU memory)
+        if self.cuda:
+            self.copy_stream = ctx.copy_stream or torch.cuda.Stream()
+            self.x_stream = torch.cuda.Stream()
+            self.d2h_stream = torch.cuda.Stream()
+            self.d2h = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inf2-d2h")
+            wl = ctx.spec.workload
+            if ctx.coop_store is not None:  # copied to the GPU every step: pinned, allocated before the clock
+                ctx.coop_store.pin_memory = True
+                ctx.coop_store.preallocate(ctx.spec.model.num_layers, wl.num_micro_batches)
+            if ctx.host_kv is not None or ctx.disk_kv is not None or ctx.recent is not None:
+                self._give_relay(self._new_relay())
 
     # ----------------------------------------------------------------- helpers
     @property
@@ -68,6 +101,48 @@ class OpRunner:
 
     def _host(self, t: torch.Tensor) -> torch.Tensor:
         return t.to("cpu", self.c.store_dtype)
+
+    def stream_for(self, op: Op):
+        """The CUDA stream op's GPU work is enqueued on, or None for host-side ops."""
+        if not self.cuda:
+            return None
+        if isinstance(op, Transfer):
+            if op.what == "weights" and op.dst == "gpu":
+                return self.copy_stream
+            if op.dst == "gpu" and tag_of(op) == "xload":
+                return self.x_stream
+            if op.src == "gpu" and tag_of(op) != "kvstore":  # kvstore leaves on the D2H thread
+                return torch.cuda.current_stream()
+            return None
+        if isinstance(op, (DenseCompute, Attention)) and op.device == "gpu":
+            return torch.cuda.current_stream()
+        return None
+
+    def csd_of(self, op: Op) -> Optional[int]:
+        """The CSD an op is a command to, if that CSD runs commands in the order they are
+        sent (the emulated CSD); None otherwise (see `inf2hw.engine`)."""
+        tag = tag_of(op)
+        if isinstance(op, Attention):
+            if not tag.startswith("attn.csd"):
+                return None
+            i = csd_index(op.device)
+        elif tag.startswith(("down.csd", "kv.csd", "spill.csd", "kvstore.csd")):
+            i = csd_index(op.dst)
+        elif tag.startswith("up.csd"):
+            i = csd_index(op.src)
+        else:
+            return None
+        from .csd.emulated import EmulatedCsd
+
+        return i if i < len(self.c.csds) and isinstance(self.c.csds[i], EmulatedCsd) else None
+
+    def extra_deps(self, op: Op) -> Tuple[str, ...]:
+        """Engine-side resource deps the plan leaves out: an X load waits until the
+        layer that last used its GPU buffer (X_RING layers back) has consumed it."""
+        if self.cuda and isinstance(op, Transfer) and op.dst == "gpu" and tag_of(op) == "xload" and op.layer >= X_RING:
+            use = "kv_regen" if keeps_x(self.md) else "attn.gpu"
+            return (f"s{op.step}.L{op.layer - X_RING}.m{op.mb}.{use}",)
+        return ()
 
     # ------------------------------------------------------------------ start
     def start(self, op: Op):
@@ -109,10 +184,11 @@ class OpRunner:
                 self.xin.pop((L - 1, m), None)
         elif tag == "head":
             logits = M.head(self.c.weights, self.x[m][:, -1:])  # [mb, 1, vocab]
-            nxt = logits[:, -1].float().argmax(-1).tolist()
+            lg = logits[:, -1].float()
+            nxt = lg.argmax(-1).tolist()  # the host needs the tokens: waits for this micro-batch's step
             for j, i in enumerate(range(self._mb_slice(m).start, self._mb_slice(m).stop)):
                 self.tokens[i].append(int(nxt[j]))
-            lg = logits[:, -1].float().cpu()
+            lg = lg.cpu()
             self.last_logits = lg if m == 0 else torch.cat([self.last_logits, lg])
             self.xin.pop((md.num_layers - 1, m), None)
         elif tag == "kv_regen":
@@ -132,6 +208,9 @@ class OpRunner:
         if len(parts) == 1 and parts[0][0] == "heads":
             return parts[0][1]
         kvh, g, d = self.md.num_kv_heads, self.md.group_size, self.md.head_dim
+        if len(parts) == 1 and parts[0][1:3] == (0, mb * kvh):  # one piece covering every row, wherever it is
+            out = parts[0][3].reshape(mb * kvh, g, 1, d)
+            return A.rows_to_heads(out, mb).to(self.c.device, self.c.compute_dtype)
         by_rows: Dict[Tuple[int, int], List[tuple]] = {}
         for _, r0, r1, out, lse in parts:
             by_rows.setdefault((r0, r1), []).append((out, lse))
@@ -146,7 +225,7 @@ class OpRunner:
         L, m, md = op.layer, op.mb, self.md
         if tag == "attn" and op.device == "gpu" and op.q_len > 1:  # prefill, FlashAttention's role
             q, k, v = self.qkv[(L, m)]
-            self.parts[(L, m)] = [("heads", A.attend_heads(q, k, v, causal=True).to(self.c.compute_dtype))]
+            self.parts[(L, m)] = [("heads", M.prefill_attention(q, k, v).to(self.c.compute_dtype))]
             if self.c.gpu_kv is not None:
                 self.c.gpu_kv.write(L, m, 0, A.kv_to_rows(k), A.kv_to_rows(v))
             return None
@@ -178,7 +257,7 @@ class OpRunner:
             hist = [self.staged.pop(("kvr", i, L, m)) for i in range(len(self.c.disk_kv.dirs))]
             K = torch.cat([torch.cat([h[0] for h in hist]), kn], dim=1) if hist else kn
             V = torch.cat([torch.cat([h[1] for h in hist]), vn], dim=1) if hist else vn
-        out, lse = A.attend_partial(qr, K, V)
+        out, lse = cpu_attention(qr, K, V, ws=self.attn_ws)
         self.parts.setdefault((L, m), []).append(("rows", 0, qr.shape[0], out, lse))
 
     def _tail_scores(self, op: Attention):
@@ -222,6 +301,71 @@ class OpRunner:
 
         return spill(self, op, tag)
 
+    # ------------------------------------------------- pinned relays (D2H of the prompt's K,V)
+    def _new_relay(self) -> tuple:
+        wl, md = self.c.spec.workload, self.md
+        shape = (self.c.layout.rows_total, wl.prompt_len, md.head_dim)
+        return tuple(torch.empty(shape, dtype=self.c.store_dtype, pin_memory=True) for _ in range(2))
+
+    def _take_relay(self) -> tuple:
+        with self.relay_lock:
+            if self.relays:
+                return self.relays.pop()
+        return self._new_relay()  # never waits for a consumer (they need the engine thread)
+
+    def _give_relay(self, relay: tuple) -> None:
+        with self.relay_lock:
+            self.relays.append(relay)
+
     def close(self) -> None:
         self.io.shutdown(wait=True, cancel_futures=True)
         self.cpu.shutdown(wait=True, cancel_futures=True)
+        if self.cuda:
+            self.d2h.shutdown(wait=True, cancel_futures=True)
+
+
+class AttnWorkspace:
+    """Reused fp32 buffers for `cpu_attention`'s pieces: allocating a fresh fp32 copy of
+    K and V for every piece (tens of MB) costs page faults on every call."""
+
+    def __init__(self):
+        self.bufs: Dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: Tuple[int, ...]) -> torch.Tensor:
+        n = math.prod(shape)
+        t = self.bufs.get(name)
+        if t is None or t.numel() < n:
+            t = self.bufs[name] = torch.empty(n, dtype=torch.float32)
+        return t[:n].view(shape)
+
+
+def cpu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows_per_piece: int = CPU_ATTN_ROWS,
+                  ws: Optional[AttnWorkspace] = None):
+    """Exact attention of q [rows, G, 1, d] over k, v [rows, ctx, d] (any float dtype,
+    strided views allowed), in pieces of rows whose fp32 copies of K and V go into
+    reused buffers small enough to stay in cache, instead of one fresh fp32 copy of the
+    whole history. The same operations as `inf2hw.attention.attend_partial`, row by row."""
+    rows = q.shape[0]
+    if rows <= rows_per_piece or (k.dtype == torch.float32 and v.dtype == torch.float32):
+        return A.attend_partial(q, k, v)
+    ws = ws or AttnWorkspace()
+    g, t, d = q.shape[1:]
+    ctx = k.shape[1]
+    out = torch.empty(rows, g, t, d, dtype=torch.float32)
+    lse = torch.empty(rows, g, t, dtype=torch.float32)
+    scale = 1.0 / math.sqrt(d)
+    for r in range(0, rows, rows_per_piece):
+        s = slice(r, min(r + rows_per_piece, rows))
+        n = s.stop - s.start
+        kf = ws.get("k", (n, ctx, d))
+        kf.copy_(k[s])
+        sc = torch.bmm(q[s].float().reshape(n, g * t, d), kf.transpose(1, 2)) * scale  # [n, g*t, ctx]
+        sc = sc.reshape(n, g, t, ctx)
+        l_ = torch.logsumexp(sc, dim=-1)  # [n, g, t]
+        m = torch.where(torch.isfinite(l_), l_, torch.zeros_like(l_))
+        p = torch.exp(sc - m.unsqueeze(-1)).reshape(n, g * t, ctx)
+        vf = ws.get("v", (n, ctx, d))
+        vf.copy_(v[s])
+        out[s] = torch.bmm(p, vf).reshape(n, g, t, d)
+        lse[s] = l_
+    return out, lse

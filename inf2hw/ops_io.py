@@ -1,36 +1,148 @@
 """Transfer and Spill semantics of the real engine (the data-moving half of `inf2hw.ops`).
 
-Called by `OpRunner.start` for every Transfer / Spill op. Returns None (done inline),
-a Future (disk or copy work on the I/O thread) or a CSD Ticket (see
-`inf2hw.csd.base` for which op maps to which CSD call). Bytes actually moved are
-what the plan says; positions and rows come from the op (`tokens`, `rows`).
+Called by `OpRunner.start` for every Transfer / Spill op. Returns None (done inline,
+or enqueued on a CUDA stream the engine orders by events), a Future (disk or copy
+work on a thread) or a CSD Ticket (see `inf2hw.csd.base` for which op maps to which
+CSD call). Bytes actually moved are what the plan says; positions and rows come from
+the op (`tokens`, `rows`).
+
+On CUDA: weights go pinned host -> GPU slot L % 2 on the copy stream; the prompt's
+K,V go GPU -> pinned relay (D2H stream) -> host store or CSD on the D2H thread, at
+most `KV_OUT_DEPTH` (layer, mb) behind the GPU so their GPU copies stay bounded;
+X-cache rows go to and from their pinned host store by asynchronous DMA, one
+contiguous [tokens, width] block per row.
 """
 from __future__ import annotations
+
+import threading
 
 import torch
 
 from inf2sim.plan import Spill, Transfer
 
 from . import attention as A
-from .ops import csd_index
+from .ops import X_RING, csd_index
+
+KV_OUT_DEPTH = 2  # D2H jobs of the prompt's K,V in flight before the engine waits for the oldest
 
 
 def _weights(r, op: Transfer):
     L = op.layer
     host = r.c.weights.layers[L]
-    if r.c.device == "cpu":
+    if not r.cuda:
         return None  # dense work runs on the host copy itself
-    for old in [k for k in r.dev_w if k < L - 1]:
-        r.dev_w.pop(old)
+    slot = L % 2  # two GPU buffers: the plan makes this load wait for layer L-2, the last user of the slot
+    dst = r.w_slots[slot]
+    if dst is None:
+        dst = r.w_slots[slot] = host.to(r.c.device, non_blocking=True)  # every layer has the same shapes
+    else:
+        src = host.tensors()
+        for name, t in dst.tensors().items():
+            t.copy_(src[name], non_blocking=True)
+    for old in [k for k, v in r.dev_w.items() if v is dst]:
+        del r.dev_w[old]
+    r.dev_w[L] = dst
+    return None
 
-    def copy():
-        stream = r.c.copy_stream
-        with torch.cuda.stream(stream):
-            lw = host.to(r.c.device, non_blocking=True)
-        stream.synchronize()
-        r.dev_w[L] = lw
 
-    return r.io.submit(copy)
+class _Prompt:
+    """The prompt's K,V rows [base, base + n) of one (layer, mb) on the host, kept until
+    its `users` consumers (CSD stores, drive writes) have taken it; a pinned relay
+    goes back to the pool then."""
+
+    def __init__(self, r, key, k, v, base: int, users: int, relay=None):
+        self.r, self.key, self.k, self.v, self.base, self.users, self.relay = r, key, k, v, base, users, relay
+        self.lock = threading.Lock()
+
+    def release(self) -> None:
+        with self.lock:
+            self.users -= 1
+            last = self.users == 0
+        if last:
+            self.r.staged.pop(self.key, None)
+            if self.relay is not None:
+                self.r._give_relay(self.relay)
+            self.k = self.v = None
+
+
+def _kv_out(r, L: int, m: int, k, v):
+    """kvstore: the prompt's K,V rows to the host store and/or staged for the CSD / drive stores."""
+    lay, c = r.c.layout, r.c
+    lo, hi = lay.csd_rows_all if c.recent is not None else (0, lay.rows_total)  # CSD policies: only CSD rows
+    users = len(lay.active_csds()) if c.recent is not None else (len(c.disk_kv.dirs) if c.disk_kv is not None else 0)
+    key = ("prompt_kv", L, m)
+    if hi <= lo or (users == 0 and c.host_kv is None):
+        return None
+    kr, vr = A.kv_to_rows(k)[lo:hi], A.kv_to_rows(v)[lo:hi]  # [n, P, d]
+    if not r.cuda:
+        kr, vr = r._host(kr), r._host(vr)
+        if c.host_kv is not None:
+            c.host_kv.write(L, m, 0, kr, vr)
+        if users:
+            r.staged[key] = _Prompt(r, key, kr, vr, lo, users)
+        return None
+    kr, vr = kr.contiguous(), vr.contiguous()  # on the compute stream
+    ready = torch.cuda.Event()
+    ready.record()
+
+    def job():
+        with torch.inference_mode():
+            _kv_out_job(r, L, m, key, kr, vr, ready, lo, hi, users)
+
+    fut = r.d2h.submit(job)
+    r.kv_out = [f for f in r.kv_out if not f.done()] + [fut]
+    while len(r.kv_out) > KV_OUT_DEPTH:  # never waits on the engine: relays are made on demand
+        r.kv_out.pop(0).result()
+    return fut
+
+
+def _kv_out_job(r, L, m, key, kr, vr, ready, lo: int, hi: int, users: int) -> None:
+    """On the D2H thread: GPU rows -> pinned relay (D2H stream) -> host store / staged."""
+    c = r.c
+    relay = r._take_relay()
+    rk, rv = relay[0][: hi - lo], relay[1][: hi - lo]
+    with torch.cuda.stream(r.d2h_stream):
+        r.d2h_stream.wait_event(ready)
+        rk.copy_(kr, non_blocking=True)
+        rv.copy_(vr, non_blocking=True)
+    r.d2h_stream.synchronize()
+    if c.host_kv is not None:
+        c.host_kv.write(L, m, 0, rk, rv)
+    if users and c.recent is None:  # drive writes run for a while on the I/O threads: hand them a copy
+        r.staged[key] = _Prompt(r, key, rk.clone(), rv.clone(), lo, users)
+        r._give_relay(relay)
+    elif users:  # CSD stores copy out as soon as the engine starts them
+        r.staged[key] = _Prompt(r, key, rk, rv, lo, users, relay)
+    else:
+        r._give_relay(relay)
+
+
+def _to_store(r, store, L: int, m: int, t0: int, tensors) -> None:
+    """GPU rows [rows, n, width] -> positions t0.. of a host store, by DMA straight into a
+    pinned store (asynchronous, on the current stream) or through a host copy."""
+    if r.cuda and store.pin_memory and r.c.coop_disk is None:
+        for dst, src in zip(store._get(L, m), tensors):
+            n = src.shape[1]
+            for i in range(src.shape[0]):
+                dst[i, t0 : t0 + n].copy_(src[i], non_blocking=True)
+        return
+    store.write(L, m, t0, *(r._host(t) for t in tensors))
+
+
+def _x_to_gpu(r, L: int, m: int, hist: int):
+    """xload, X-cache in host memory: positions [0, hist) of every cooperative row, by DMA
+    into this micro-batch's ring buffer for layer L (one contiguous copy per row)."""
+    store = r.c.coop_store
+    srcs = store._get(L, m)
+    key = (m, L % X_RING)
+    if key not in r.x_bufs:
+        r.x_bufs[key] = tuple(torch.empty_like(t, device=r.c.device) for t in srcs)
+    out = []
+    for dst, src in zip(r.x_bufs[key], srcs):
+        for i in range(src.shape[0]):
+            dst[i, :hist].copy_(src[i, :hist], non_blocking=True)
+        out.append(dst[:, :hist])
+    return out
 
 
 def transfer(r, op: Transfer, tag: str):
@@ -41,24 +153,31 @@ def transfer(r, op: Transfer, tag: str):
         return _weights(r, op)
     # ---------------------------------------------------------------- prefill KV / X out of the GPU
     if tag == "kvstore":  # gpu -> dram: the prompt's K,V rows to the host
-        q, k, v = r.qkv[(L, m)]
-        kr, vr = r._host(A.kv_to_rows(k)), r._host(A.kv_to_rows(v))
-        r.staged[("prompt_kv", L, m)] = (kr, vr)
-        if r.c.host_kv is not None:
-            r.c.host_kv.write(L, m, 0, kr, vr)
-        return None
+        _, k, v = r.qkv[(L, m)]
+        return _kv_out(r, L, m, k, v)
     if tag.startswith("kvstore.csd"):
         i = csd_index(op.dst)
-        kr, vr = r.staged[("prompt_kv", L, m)]
+        st = r.staged[("prompt_kv", L, m)]
         (r0, r1), (t0, t1) = op.rows, op.tokens
         r.fill[(i, L, m)] = t1 - t0
-        return r.c.csds[i].store(L, m, (r0, r1), 0, kr[r0:r1, t0:t1].contiguous(), vr[r0:r1, t0:t1].contiguous())
+        b = st.base
+        try:  # store copies k, v into the CSD's buffers before it returns
+            return r.c.csds[i].store(L, m, (r0, r1), 0, st.k[r0 - b:r1 - b, t0:t1], st.v[r0 - b:r1 - b, t0:t1])
+        finally:
+            st.release()
     if tag.startswith("kvstore"):  # dram -> drive i (FlexGen)
         i = int(tag[len("kvstore"):])
-        kr, vr = r.staged[("prompt_kv", L, m)]
-        return r.io.submit(r.c.disk_kv.write, i, L, m, 0, kr, vr)
+        st = r.staged[("prompt_kv", L, m)]
+
+        def write():
+            try:
+                return r.c.disk_kv.write(i, L, m, 0, st.k, st.v)
+            finally:
+                st.release()
+
+        return r.io.submit(write)
     if tag == "xstore":  # gpu -> dram: cooperative rows' X (or K,V for GQA) of the prompt
-        r.c.coop_store.write(L, m, 0, *_coop_rows(r, L, m))
+        _to_store(r, r.c.coop_store, L, m, 0, _coop_rows(r, L, m))
         return None
     if tag.startswith("xstore"):  # dram -> CSD flash (X-cache v2)
         i = int(tag[len("xstore"):])
@@ -102,7 +221,7 @@ def transfer(r, op: Transfer, tag: str):
     if tag.startswith("kv.csd"):
         i = csd_index(op.dst)
         n = op.tokens[1]
-        if r.fill.get((i, L, m), 0) != n:
+        if r.fill.get((i, L, m), 0) < n:  # a later spill may already be queued behind this load: fine
             raise RuntimeError(f"csd{i}: plan asks for {n} stored tokens of layer {L} but {r.fill.get((i, L, m), 0)} were stored")
         return r.c.csds[i].load(L, m, op.rows, n)
     if tag.startswith("up.csd"):
@@ -127,6 +246,10 @@ def transfer(r, op: Transfer, tag: str):
             stored = [torch.cat([p[j] for p in parts]) for j in range(len(parts[0]))]
             tail = [t[:, n:hist] for t in r.c.coop_store.read(L, m, hist)]
             data = [torch.cat([a, b], dim=1) for a, b in zip(stored, tail)]
+        elif r.cuda and r.c.coop_store.pin_memory:
+            out = _x_to_gpu(r, L, m, hist)
+            r.staged[("x", L, m)] = out[0] if len(out) == 1 else tuple(out)
+            return None
         else:
             data = r.c.coop_store.read(L, m, hist)
         if len(data) == 1:  # X: [nx, hist, hidden]
@@ -135,20 +258,21 @@ def transfer(r, op: Transfer, tag: str):
             r.staged[("x", L, m)] = tuple(t.to(r.c.device) for t in data)
         return None
     if tag == "xsave":
-        r.c.coop_store.write(L, m, r.ctx_len() - 1, *_coop_rows(r, L, m))
+        _to_store(r, r.c.coop_store, L, m, r.ctx_len() - 1, _coop_rows(r, L, m))
         return None
     raise ValueError(f"engine: no semantics for transfer {op.name} ({op.src} -> {op.dst})")
 
 
 def _coop_rows(r, L: int, m: int):
-    """The cooperative sequences' X (keeps_x) or K,V rows of this step's tokens, on the host."""
+    """The cooperative sequences' X (keeps_x) or K,V rows of this step's tokens, where they
+    were computed: [nx, t, hidden] or two [nx * kv_heads, t, d]."""
     from inf2sim.layout import keeps_x
 
     nx = r.c.layout.x_seqs
     if keeps_x(r.md):
-        return (r._host(r.xin[(L, m)][:nx]),)  # [nx, t, hidden]
+        return (r.xin[(L, m)][:nx],)
     _, k, v = r.qkv[(L, m)]
-    return r._host(A.kv_to_rows(k[:nx])), r._host(A.kv_to_rows(v[:nx]))
+    return A.kv_to_rows(k[:nx]), A.kv_to_rows(v[:nx])
 
 
 def spill(r, op: Spill, tag: str):

@@ -6,10 +6,16 @@ CPU torch tensors in the storage dtype; positions are token indices.
 
   MemStore   rows x capacity x width per (layer, micro-batch), in host memory
              (FLEX(DRAM) KV, GPU-resident KV when it lives on the device, X-cache v1).
+             `pin_memory=True` (set by the engine on CUDA for stores it copies to the
+             GPU every step) allocates page-locked memory, so those copies are DMA at
+             full link speed and asynchronous; `preallocate` allocates every
+             (layer, mb) up front, before the run's clock starts.
   DiskStore  the same rows sliced over several files (one per drive, FlexGen's
              RAID0 stand-in: drive i holds a contiguous slice of rows), token-major
              per (layer, mb) so a history read is one contiguous pread per drive and a
-             token append one contiguous pwrite. Buffered I/O (FlexGen's own mode).
+             token append one contiguous pwrite. Buffered I/O (FlexGen's own mode):
+             the page cache when RAM is free. One copy per direction between the
+             tensors and the file (no intermediate bytes objects).
 """
 from __future__ import annotations
 
@@ -29,15 +35,23 @@ class MemStore:
     def __init__(self, rows: int, capacity: int, width: int, dtype: torch.dtype, device="cpu", pairs: bool = True):
         self.rows, self.capacity, self.width, self.dtype, self.device = rows, capacity, width, dtype, device
         self.pairs = pairs
+        self.pin_memory = False
         self.data: Dict[Tuple[int, int], List[torch.Tensor]] = {}
 
     def _get(self, layer: int, mb: int) -> List[torch.Tensor]:
         key = (layer, mb)
         if key not in self.data:
             n = 2 if self.pairs else 1
-            self.data[key] = [torch.empty(self.rows, self.capacity, self.width, dtype=self.dtype, device=self.device)
-                              for _ in range(n)]
+            pin = self.pin_memory and str(self.device) == "cpu"
+            self.data[key] = [torch.empty(self.rows, self.capacity, self.width, dtype=self.dtype, device=self.device,
+                                          pin_memory=pin) for _ in range(n)]
         return self.data[key]
+
+    def preallocate(self, num_layers: int, num_mbs: int) -> None:
+        """Allocate every (layer, mb) now (pinned allocations touch their pages)."""
+        for layer in range(num_layers):
+            for mb in range(num_mbs):
+                self._get(layer, mb)
 
     def write(self, layer: int, mb: int, t0: int, *tensors: torch.Tensor) -> None:
         """tensors: [rows, n, width] each, stored at positions t0 .. t0+n."""
@@ -76,9 +90,11 @@ class DiskStore:
     def write(self, i: int, layer: int, mb: int, t0: int, *tensors: torch.Tensor) -> int:
         """Drive i's slice of rows of tensors [rows_all, n, d] -> one contiguous pwrite. Returns bytes."""
         lo, hi = self.slices[i]
-        kv = torch.stack([t[lo:hi] for t in tensors], dim=2)  # [rows_i, n, pairs, d]
-        buf = kv.permute(1, 0, 2, 3).contiguous()  # token-major: [n, rows_i, 2, d]
-        data = buf.view(torch.uint8).numpy().tobytes()
+        n = tensors[0].shape[1]
+        buf = torch.empty(n, hi - lo, self.n, self.d, dtype=self.dtype)  # token-major: [n, rows_i, pairs, d]
+        for j, t in enumerate(tensors):
+            buf[:, :, j].copy_(t[lo:hi].transpose(0, 1))  # one copy per tensor
+        data = memoryview(buf.view(torch.uint8).numpy()).cast("B")
         off = self._base(i, layer, mb) + t0 * self._token_bytes(i)
         _pwrite_all(self.fds[i], data, off, self.dirs[i])
         return len(data)
@@ -86,11 +102,14 @@ class DiskStore:
     def read(self, i: int, layer: int, mb: int, t1: int) -> List[torch.Tensor]:
         """Positions [0, t1) of drive i's rows: [rows_i, t1, d] per stored tensor (one pread)."""
         lo, hi = self.slices[i]
-        n = t1 * self._token_bytes(i)
-        raw = os.pread(self.fds[i], n, self._base(i, layer, mb))
-        if len(raw) != n:
-            raise OSError(f"short read on {self.paths[i]}: {len(raw)} of {n} bytes")
-        t = torch.frombuffer(bytearray(raw), dtype=self.dtype).view(t1, hi - lo, self.n, self.d)
+        t = torch.empty(t1, hi - lo, self.n, self.d, dtype=self.dtype)
+        view = memoryview(t.view(torch.uint8).numpy()).cast("B")
+        off, got = self._base(i, layer, mb), 0
+        while got < len(view):  # one preadv straight into the tensor (no bytes object in between)
+            k = os.preadv(self.fds[i], [view[got:]], off + got)
+            if k <= 0:
+                raise OSError(f"short read on {self.paths[i]}: {got} of {len(view)} bytes")
+            got += k
         return [t[:, :, j].permute(1, 0, 2) for j in range(self.n)]
 
     def close(self, keep: bool = False) -> None:
@@ -105,7 +124,7 @@ class DiskStore:
                 p.unlink(missing_ok=True)
 
 
-def _pwrite_all(fd: int, data: bytes, off: int, where: Path) -> None:
+def _pwrite_all(fd: int, data, off: int, where: Path) -> None:
     try:
         view = memoryview(data)
         while view:
