@@ -26,9 +26,9 @@ What is measured, and where it goes in the profile
   disks          `calibrate_io.disk_curves`: O_DIRECT and buffered, 1 and N processes.
   emulated CSD   `calibrate_csd.measure_csd` with torch compute (and the HLS library
                  when it builds): fpga.rate_gbps, host.ipc_us, CSD link latencies.
-Rates are the best of repeated runs (the machine's capability: on a shared machine the
-slower runs measure the neighbours), fixed per-call costs the 25th percentile (their
-own jitter is part of every call; the neighbours' worst is not). torch uses `threads` intra-op threads throughout, as the engine then must.
+Every number is the median of repeated runs: a typical call, which is what an engine run
+sees (on a machine shared with other work, its background load included: `inf2 validate`
+then compares the median engine run, so both see the same background). torch uses `threads` intra-op threads throughout, as the engine then must.
 """
 from __future__ import annotations
 
@@ -79,9 +79,9 @@ class Calibration:
 
 def _time_s(fn: Callable[[], Any], repeat: int, sync: Callable[[], None] = lambda: None, warm: int = 1,
             stat: str = "best") -> float:
-    """Seconds of one call: `best` (min: a rate's capability, least disturbed by other
-    load on a shared machine) or `typical` (25th percentile: a fixed per-call cost, its
-    own jitter included but not the neighbours' worst)."""
+    """Seconds of one call: the median of `repeat` calls (a typical call: what a run sees,
+    background load included) for rates and fixed costs alike; `stat` is kept for callers
+    that name it."""
     for _ in range(warm):
         fn()
     sync()
@@ -91,7 +91,7 @@ def _time_s(fn: Callable[[], Any], repeat: int, sync: Callable[[], None] = lambd
         fn()
         sync()
         ts.append(time.perf_counter() - t0)
-    return float(min(ts) if stat == "best" else np.percentile(ts, 25))
+    return float(np.median(ts))
 
 
 def _tiny_opt():
@@ -123,7 +123,7 @@ def dense_device(cal: Calibration, dev: str, quick: bool, tick) -> None:
         b = torch.randn(k, n, device=dev).to(dt)
         s = _time_s(lambda: a @ b, rep, sync)
         cal.put(f"gemm_{dname}_tflops", 2.0 * m * k * n / s / 1e12,
-                f"best of {rep} torch matmuls [{m}x{k}]@[{k}x{n}] {dname} on {dev}")
+                f"median of {rep} torch matmuls [{m}x{k}]@[{k}x{n}] {dname} on {dev}")
         tick()
     dt = DTYPES[cal.opts.dtype]
     k, n = (2048, 4096) if quick else (4096, 8192)
@@ -133,7 +133,7 @@ def dense_device(cal: Calibration, dev: str, quick: bool, tick) -> None:
     x = torch.randn(4, k, device=dev).to(dt)
     s = _time_s(lambda: x @ w, rep * 2, sync)
     cal.put("stream_gbps", w.numel() * w.element_size() / s / 1e9,
-            f"weight bytes / best time of [4x{k}]@[{k}x{n}] {cal.opts.dtype} on {dev} (decode GEMM, weight-bound)")
+            f"weight bytes / median time of [4x{k}]@[{k}x{n}] {cal.opts.dtype} on {dev} (decode GEMM, weight-bound)")
     tick()
     md = _tiny_opt()
     lw = M.init_random(md, dtype=dt, device=dev).layers[0]
@@ -145,7 +145,7 @@ def dense_device(cal: Calibration, dev: str, quick: bool, tick) -> None:
         s_post = _time_s(lambda: M.post(lw, md, xx, att), 20, sync, warm=3, stat="typical")
     cal.put("dense_op_us", (s_qkv + s_post) / 2 * 1e6,
             f"mean of the engine's model.qkv ({s_qkv * 1e6:.0f} us) and model.post ({s_post * 1e6:.0f} us) "
-            f"on a hidden-64 layer, 1 token, {dev} (25th percentile of 20): the fixed cost of one dense op")
+            f"on a hidden-64 layer, 1 token, {dev} (median of 20): the fixed cost of one dense op")
     tick()
     qh = torch.randn(1, md.num_heads, 1, md.head_dim, device=dev).to(dt)
 
@@ -154,7 +154,7 @@ def dense_device(cal: Calibration, dev: str, quick: bool, tick) -> None:
                 A.kv_to_rows(qh).to("cpu", dt))
 
     s = _time_s(host_copy, 50, sync, warm=3, stat="typical")
-    cal.put("host_op_us", s * 1e6, f"25th percentile of 50 engine-style host copies of one token's q, k, v "
+    cal.put("host_op_us", s * 1e6, f"median of 50 engine-style host copies of one token's q, k, v "
             f"(attention.q_to_rows / kv_to_rows + .to('cpu')) on {dev}: the fixed cost of a copy op")
     if dev.startswith("cuda"):
         cal.put("gpu_memory_gb", torch.cuda.get_device_properties(0).total_memory / 1e9, "torch device properties")
@@ -173,7 +173,7 @@ def dense_device(cal: Calibration, dev: str, quick: bool, tick) -> None:
     _, per_byte = calibrate_csd.fit_line(xs, ts)
     att_gbps = 1.0 / per_byte / 1e9 if per_byte > 0 else xs[-1] / ts[-1] / 1e9
     cal.put("dense_attention_gbps", att_gbps,
-            f"K+V bytes per second, slope of the best times of attention.attend_partial rows={rows} d={d} "
+            f"K+V bytes per second, slope of the median times of attention.attend_partial rows={rows} d={d} "
             f"ctx={list(ctxs)} {cal.opts.dtype} on {dev}")
     # prefill: the engine's attend_heads(causal) materialises [P, P] fp32 scores per head; what the
     # score matrix costs beyond the rates model's max(flops, kv bytes) term, per element
@@ -192,14 +192,14 @@ def dense_device(cal: Calibration, dev: str, quick: bool, tick) -> None:
         res.append(s - base)
     _, per = calibrate_csd.fit_line(xs, res)
     cal.put("attention_score_ns", per * 1e9,
-            f"slope over P={list(ps)} of (best time of attention.attend_heads causal, {heads} heads d={d}, minus "
+            f"slope over P={list(ps)} of (median time of attention.attend_heads causal, {heads} heads d={d}, minus "
             f"max(flops/peak, kv/attention rate)) per score element heads*P*P, {cal.opts.dtype} on {dev}")
     tick()
 
 
 def engine_dispatch(cal: Calibration, n_ops: int = 64, repeat: int = 5) -> None:
     """The real engine's own cost per op: `Engine.execute` over a chain of `n_ops` no-op ops
-    (`merge`, which the engine runs as a no-op); the typical (25th percentile) gap between one op's end and
+    (`merge`, which the engine runs as a no-op); the median gap between one op's end and
     the next one's start. It grows with the number of ops in a step (the engine rescans
     the waiting ops), so n_ops is a typical step's critical path."""
     import torch
@@ -226,8 +226,8 @@ def engine_dispatch(cal: Calibration, n_ops: int = 64, repeat: int = 5) -> None:
             gaps += [spans[i + 1].start_s - spans[i].end_s + spans[i + 1].dur_s for i in range(len(spans) - 1)]
     finally:
         eng.close()
-    cal.put("engine_op_us", float(np.percentile(gaps, 25)) * 1e6,
-            f"25th percentile of the gap end->next start (+ its no-op duration) of inf2hw.engine.Engine over a chain of {n_ops} "
+    cal.put("engine_op_us", float(np.median(gaps)) * 1e6,
+            f"median gap end->next start (+ its no-op duration) of inf2hw.engine.Engine over a chain of {n_ops} "
             f"no-op ops: the engine's dispatch cost per op, charged to every op's device or link")
 
 
@@ -260,14 +260,14 @@ def cpu_attention(cal: Calibration, quick: bool, tick) -> None:
     a, b = calibrate_csd.fit_line(xs, ts)
     how = (f"attention.attend_partial submitted to a one-thread pool as the engine does, rows={rows} d={d} "
            f"ctx={list(ctxs)} {cal.opts.dtype}, {cal.opts.threads} torch thread(s); fit t = fixed + bytes/rate "
-           f"over the best times")
+           f"over the median times")
     cal.put("cpu_attention_gbps", 1.0 / b / 1e9 if b > 0 else max(xs) / max(ts) / 1e9, how)
     cal.put("cpu_attention_fixed_us", a * 1e6, how)
     tick()
     m, k, n = (256, 1024, 1024) if quick else (1024, 2048, 2048)
     aa, bb = torch.randn(m, k), torch.randn(k, n)
     s = _time_s(lambda: aa @ bb, 3 if quick else 7)
-    cal.put("cpu_gemm_gflops", 2.0 * m * k * n / s / 1e9, f"best torch matmul [{m}x{k}]@[{k}x{n}] fp32 on the host")
+    cal.put("cpu_gemm_gflops", 2.0 * m * k * n / s / 1e9, f"median torch matmul [{m}x{k}]@[{k}x{n}] fp32 on the host")
     tick()
 
 
@@ -288,7 +288,7 @@ def measure(opts: CalibrateOptions, run_dir: Optional[str] = None, progress: boo
     from tqdm import tqdm
 
     t_start = time.perf_counter()
-    torch.set_num_threads(max(1, opts.threads))
+    torch.set_num_threads(max(1, opts.threads))  # the CLI also sets OMP_NUM_THREADS (inf2hw.loop.pin_threads)
     want = opts.device
     dev = "cuda" if (want == "cuda" or (want == "auto" and torch.cuda.is_available())) else "cpu"
     if dev == "cuda" and not torch.cuda.is_available():
@@ -312,11 +312,11 @@ def measure(opts: CalibrateOptions, run_dir: Optional[str] = None, progress: boo
     try:
         _disk(cal, work, opts, bar, tick)
         cal.put("memcpy_gbps", calibrate_io.memcpy_gbps(32 << 20 if opts.quick else 256 << 20),
-                "torch copy_ of a 32/256 MiB host tensor (quick/full), best of 5, bytes copied per second")
+                "torch copy_ of a 32/256 MiB host tensor (quick/full), median of 5, bytes copied per second")
         if dev == "cuda":
             bar.set_postfix_str("host<->GPU copies")
             for k, v in calibrate_io.host_gpu_copies(dev, 64 << 20 if opts.quick else 256 << 20).items():
-                cal.put(f"copy_{k}", v, "torch copy_ of 64/256 MiB host<->GPU (quick/full), best of 5"
+                cal.put(f"copy_{k}", v, "torch copy_ of 64/256 MiB host<->GPU (quick/full), median of 5"
                         if k.endswith("gbps") else "median of 50 pinned 4 KiB host->GPU copies, synchronised")
             tick()
         bar.set_postfix_str(f"dense ops on {dev}")

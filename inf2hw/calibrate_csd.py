@@ -48,12 +48,12 @@ class CsdCosts:
     group: int
     rows: int
     ctx: List[int]
-    attend_s: List[float]  # 25th-percentile worker-side attend time per ctx
+    attend_s: List[float]  # median worker-side attend time per ctx
     rate_gbps: float  # accel.kv_bytes per second of attend work (slope)
     attend_fixed_us: float  # intercept
-    down_us: float  # typical (25th percentile) send_query span (worker side)
-    up_us: float  # typical fetch span
-    load_gbps: List[float]  # best load payload GB/s per ctx (request = ctx * head_dim * itemsize)
+    down_us: float  # median send_query span (worker side)
+    up_us: float  # median fetch span
+    load_gbps: List[float]  # median load payload GB/s per ctx (request = ctx * head_dim * itemsize)
     roundtrip_us: float  # engine-side call -> reply for a small send_query
     store_token_us: float  # one-token append per row (K and V), worker side, per row
 
@@ -117,13 +117,13 @@ def measure_csd(directory: str, compute: str = "torch", dtype: str = "fp32", hea
         tick()
     finally:
         dev.close()
-    med = {n: float(np.percentile(ts, 25)) for n, ts in att.items()}  # typical, not the neighbours' worst
+    med = {n: float(np.median(ts)) for n, ts in att.items()}
     xs = [kv_bytes(rows, n, head_dim, group, 1, 1) for n in ctx]
     a, b = fit_line(xs, [med[n] for n in ctx])
     return CsdCosts(compute, dtype, dev.direct, head_dim, group, rows, list(ctx), [med[n] for n in ctx],
-                    (1.0 / b / 1e9) if b > 0 else 0.0, a * 1e6, float(np.percentile(downs, 25)) * 1e6,
-                    float(np.percentile(ups, 25)) * 1e6, [float(np.max(loads[n])) for n in ctx],
-                    float(np.percentile(rts, 25)) * 1e6, float(np.percentile(app, 25)) * 1e6 if app else 0.0)
+                    (1.0 / b / 1e9) if b > 0 else 0.0, a * 1e6, float(np.median(downs)) * 1e6,
+                    float(np.median(ups)) * 1e6, [float(np.median(loads[n])) for n in ctx],
+                    float(np.median(rts)) * 1e6, float(np.median(app)) * 1e6 if app else 0.0)
 
 
 def hls_available() -> Optional[str]:

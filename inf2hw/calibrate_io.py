@@ -193,23 +193,23 @@ def monotone(xs: List[float]) -> List[float]:
 
 # ---------------------------------------------------------------------- memory
 def memcpy_gbps(nbytes: int = 64 << 20, repeat: int = 5) -> float:
-    """Host memory copy bandwidth (bytes copied / s) of torch's copy_, best of `repeat`."""
+    """Host memory copy bandwidth (bytes copied / s) of torch's copy_, median of `repeat`."""
     import torch
 
     a = torch.empty(nbytes, dtype=torch.uint8)
     b = torch.empty_like(a)
     a.fill_(1)
     b.copy_(a)
-    best = float("inf")
+    ts = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         b.copy_(a)
-        best = min(best, time.perf_counter() - t0)
-    return nbytes / best / 1e9
+        ts.append(time.perf_counter() - t0)
+    return nbytes / sorted(ts)[len(ts) // 2] / 1e9
 
 
 def host_gpu_copies(device: str, nbytes: int = 64 << 20, repeat: int = 5) -> Dict[str, float]:
-    """GB/s of host<->GPU copies: h2d/d2h, pinned and pageable, best of `repeat`; plus the
+    """GB/s of host<->GPU copies: h2d/d2h, pinned and pageable, median of `repeat`; plus the
     latency of a 4 KiB copy (us). Only called when torch sees a GPU."""
     import torch
 
@@ -221,13 +221,13 @@ def host_gpu_copies(device: str, nbytes: int = 64 << 20, repeat: int = 5) -> Dic
                          ("d2h", lambda: host.copy_(dev, non_blocking=pinned))):
             fn()
             torch.cuda.synchronize()
-            best = float("inf")
+            ts = []
             for _ in range(repeat):
                 t0 = time.perf_counter()
                 fn()
                 torch.cuda.synchronize()
-                best = min(best, time.perf_counter() - t0)
-            out[f"{name}_{'pinned' if pinned else 'pageable'}_gbps"] = nbytes / best / 1e9
+                ts.append(time.perf_counter() - t0)
+            out[f"{name}_{'pinned' if pinned else 'pageable'}_gbps"] = nbytes / sorted(ts)[len(ts) // 2] / 1e9
     small_h = torch.empty(4096, dtype=torch.uint8, pin_memory=True)
     small_d = torch.empty(4096, dtype=torch.uint8, device=device)
     lat = []

@@ -179,7 +179,7 @@ def profile_yaml(cal: Calibration, csd_count: int = 2, ssd_count: int = 2) -> st
         f"    down_gbps: {_r(memcpy)}",
     ]
     if csd:
-        lines.append(f"    latency_us: {_r((csd.down_us + csd.up_us) / 2)}   # mean of the typical worker-side send_query "
+        lines.append(f"    latency_us: {_r((csd.down_us + csd.up_us) / 2)}   # mean of the median worker-side send_query "
                      f"({csd.down_us:.0f} us) and fetch ({csd.up_us:.0f} us) spans; engine-side round trip of a "
                      f"small command {csd.roundtrip_us:.0f} us ({src})")
     else:

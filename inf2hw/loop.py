@@ -21,6 +21,25 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 
+def pin_threads(threads: int) -> None:
+    """Give every thread of this process, and of the CSD worker processes it starts, a torch
+    / OpenMP team of `threads`. torch.set_num_threads only sets the calling thread's team:
+    the engine's CPU-attention and I/O threads and a CSD worker's compute thread would
+    each fork an OpenMP team of all cores, and on a machine with other load every op then
+    waits tens of ms at the team's barrier. OMP_NUM_THREADS must be set before torch loads."""
+    import os
+    import sys
+    import warnings
+
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    if "torch" in sys.modules:
+        warnings.warn("torch was imported before pin_threads: OMP_NUM_THREADS only reaches new processes",
+                      RuntimeWarning, stacklevel=2)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def _section(cfg, name: str) -> dict:
     from omegaconf import OmegaConf
 
@@ -67,6 +86,7 @@ def calibrate_cli(cfg, out_dir: Path):
     from .calibrate_profile import write_profile
 
     opts = calibrate_options(cfg)
+    pin_threads(max(1, opts.threads))
     c = _section(cfg, "calibrate")
     conf_dir = Path(c.get("conf_dir") or CONF_DIR)
     out = Path(out_dir)
@@ -102,17 +122,18 @@ def calibrate_cli(cfg, out_dir: Path):
 
 def validate_cli(cfg, out_dir: Path):
     """`inf2 validate`: the composed config on backend=emu and backend=sim, compared."""
-    import torch
+    import os
 
     from inf2sim.simulate import resolve
+
+    v = _section(cfg, "validate")
+    spec = resolve(cfg)
+    threads = int(v.get("threads", 0) or spec.hardware.cpu.threads or os.cpu_count() or 1)
+    pin_threads(threads)
 
     from .run import options_from_cfg
     from .validate import kinds_table, results_table, validate_spec
 
-    v = _section(cfg, "validate")
-    spec = resolve(cfg)
-    threads = int(v.get("threads", 0) or spec.hardware.cpu.threads or torch.get_num_threads())
-    torch.set_num_threads(threads)
     opts = replace(options_from_cfg(cfg), progress=True)
     if spec.hardware.cpu.threads and threads != spec.hardware.cpu.threads:
         print(f"warning: profile {spec.hardware.name} was calibrated with {spec.hardware.cpu.threads} torch "

@@ -15,8 +15,9 @@ full fidelity, every step traced) on the same `RunSpec` and the same hardware pr
 The model's bytes are the engine's: `model.dtype_bytes` is set to the engine dtype's
 size (fp32 on a CPU = 4) for both runs. A short warm-up run of the engine (prompt <= 32, gen_len=2)
 comes first so one-time costs (allocator, first kernels, page faults) do not count.
-With `repeat` > 1 the engine runs that many times and the fastest run is compared (on
-a shared machine the slower runs measure the neighbours' load; the 1-minute load
+With `repeat` > 1 the engine runs that many times and the median run (by total
+tokens/s) is compared: a typical run, as the calibration's numbers are typical ones (on a
+machine shared with other work both then see the same background; the 1-minute load
 average before and after is recorded).
 Units: seconds, tokens/s; errors as fractions (0.05 = 5 %).
 """
@@ -63,7 +64,7 @@ class ValidationResult:
     out_dir: str = ""
     measured: Dict[str, float] = field(default_factory=dict)
     simulated: Dict[str, float] = field(default_factory=dict)
-    repeat: int = 1  # engine runs; the fastest is compared
+    repeat: int = 1  # engine runs; the median one is compared
     load_avg: Tuple[float, float] = (float("nan"), float("nan"))  # 1-min load average before / after the runs
 
     @property
@@ -132,13 +133,14 @@ def _loadavg() -> float:
 
 def validate_spec(spec: RunSpec, opts, out_dir: str, floor_ms: float = 1.0, warmup: bool = True,
                   label: Optional[str] = None, plot: bool = True, repeat: int = 1) -> ValidationResult:
-    """Run `spec` on the engine (with `opts`, an `inf2hw.run.EngineOptions`; the fastest of
+    """Run `spec` on the engine (with `opts`, an `inf2hw.run.EngineOptions`; the median of
     `repeat` runs is kept) and the DES; write emu/ sim/ validation.json and timeline.png
     under out_dir; return the comparison."""
     from inf2hw.run import run_engine
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / "emu", ignore_errors=True)
     spec = engine_spec(spec, opts.dtype)
     if warmup:
         tmp = tempfile.mkdtemp(prefix="inf2-validate-warmup-")
@@ -148,20 +150,35 @@ def validate_spec(spec: RunSpec, opts, out_dir: str, floor_ms: float = 1.0, warm
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     load0 = _loadavg()
-    best = None
+    shutil.rmtree(out / "emu_runs", ignore_errors=True)
     for k in range(max(1, repeat)):
-        d = out / f"emu_try{k}"
-        _, _, m, spans = run_engine(spec, opts, str(d))
-        if best is None or m.throughput["total_tok_s"] > best[0].throughput["total_tok_s"]:
-            if best is not None:
-                shutil.rmtree(best[2], ignore_errors=True)
-            best = (m, spans, d)
-        else:
-            shutil.rmtree(d, ignore_errors=True)
-    shutil.rmtree(out / "emu", ignore_errors=True)
-    best[2].rename(out / "emu")
-    return compare_run(spec, out, opts.dtype, floor_ms, label, plot, best[0].throughput, max(1, repeat),
-                       (load0, _loadavg()))
+        measure_once(spec, opts, out)
+    return compare_run(spec, out, opts.dtype, floor_ms, label, plot, None, max(1, repeat), (load0, _loadavg()))
+
+
+def measure_once(spec: RunSpec, opts, out: Path) -> float:
+    """One more engine run of `spec` (already `engine_spec`) into out/emu_runs/run<k>, and
+    out/emu pointed at the median run so far (by total tokens/s). Returns its tokens/s."""
+    from inf2hw.run import run_engine
+
+    runs = Path(out) / "emu_runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    d = runs / f"run{len(list(runs.glob('run*')))}"
+    _, _, m, _ = run_engine(spec, opts, str(d))
+    for f in d.glob("kv*"):  # no KV files left behind
+        shutil.rmtree(f, ignore_errors=True)
+    pick_median(Path(out))
+    return m.throughput["total_tok_s"]
+
+
+def pick_median(out: Path) -> Path:
+    """Copy the median run of out/emu_runs (lower median for an even count) to out/emu."""
+    done = sorted(Path(out, "emu_runs").glob("run*"),
+                  key=lambda d: json.loads((d / "metrics.json").read_text())["throughput"]["total_tok_s"])
+    chosen = done[(len(done) - 1) // 2]
+    shutil.rmtree(Path(out) / "emu", ignore_errors=True)
+    shutil.copytree(chosen, Path(out) / "emu")
+    return chosen
 
 
 def compare_run(spec: RunSpec, out: Path, dtype: str = "fp32", floor_ms: float = 1.0, label: Optional[str] = None,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import shutil
 import sys
@@ -49,6 +50,10 @@ def build_spec(model: str, prompt: int, policy: str, hardware: str, batch: int, 
     o = {"model": conf, "policy": policy, "hardware": hw, "workload.batch": batch,
          "workload.prompt_len": prompt, "workload.gen_len": gen, **over, **extra}
     return specs_from_config(default_config(**o))
+
+
+def _load() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
 
 
 def cache_weights() -> None:
@@ -85,7 +90,10 @@ def main() -> None:
     ap.add_argument("--direct-io", default="auto", help="csd.direct_io of the engine: auto | on | off")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: the profile's cpu.threads)")
     ap.add_argument("--floor-ms", type=float, default=1.0)
-    ap.add_argument("--repeat", type=int, default=2, help="engine runs per config; the fastest is compared")
+    ap.add_argument("--repeat", type=int, default=1, help="engine runs per config per pass; the median run is compared")
+    ap.add_argument("--passes", type=int, default=1,
+                    help="passes over every config (one engine run each; the median of all is compared): "
+                         "spreads the runs of one config over time on a machine shared with other work")
     ap.add_argument("--set", action="append", default=[], help="extra key=value override for every config")
     ap.add_argument("--out", default="")
     ap.add_argument("--work", default="")
@@ -95,6 +103,10 @@ def main() -> None:
     ap.add_argument("--tar", default="", help="also pack every config's emu/ (metrics, trace) into this .tgz")
     a = ap.parse_args()
 
+    from inf2hw.loop import pin_threads
+
+    probe = build_spec(a.models.split(",")[0] if hasattr(a, "models") else a.model, 128, "ans", a.hardware, 4, 4, {})
+    pin_threads(a.threads or probe.hardware.cpu.threads or os.cpu_count() or 1)  # before torch loads
     import torch
 
     from inf2hw.run import EngineOptions
@@ -112,7 +124,26 @@ def main() -> None:
         k, _, v = kv.partition("=")
         extra[k] = json.loads(v) if v[:1] in "0123456789-[{tf" and v not in ("true", "false") else (
             v == "true" if v in ("true", "false") else v)
+    from inf2hw.validate import engine_spec, measure_once
+
     results, failures, t0 = [], [], time.time()
+    configs = [(m, int(p), pol) for m in a.models.split(",") for p in a.prompts.split(",")
+               for pol in a.policies.split(",")]
+    for k in range(1, a.passes if not a.resim else 1):  # extra passes first; the last pass compares
+        for model, prompt, policy in configs:
+            spec = build_spec(model, prompt, policy, a.hardware, a.batch, a.gen, extra)
+            torch.set_num_threads(a.threads or spec.hardware.cpu.threads or torch.get_num_threads())
+            label = f"{model} p{prompt} {policy}"
+            d = work / label.replace(" ", "_")
+            csd_dir = Path(a.csd_dir) / label.replace(" ", "_") if a.csd_dir else d / "kv"
+            opts = EngineOptions(device=a.device, dtype=a.dtype, csd_dirs=(str(csd_dir),), direct_io=a.direct_io)
+            try:
+                if k == 1:
+                    shutil.rmtree(d / "emu_runs", ignore_errors=True)
+                tok = measure_once(engine_spec(spec, a.dtype), opts, d)
+                print(f"[{time.time() - t0:6.0f} s] pass {k}: {label}: {tok:.3f} tok/s", flush=True)
+            except Exception as e:  # the comparing pass reports it
+                print(f"[{time.time() - t0:6.0f} s] pass {k}: {label}: failed {type(e).__name__}: {e}", flush=True)
     for model in a.models.split(","):
         for prompt in [int(p) for p in a.prompts.split(",")]:
             for policy in a.policies.split(","):
@@ -127,6 +158,12 @@ def main() -> None:
                 try:
                     if a.resim:
                         r = compare_run(spec, d, a.dtype, a.floor_ms, label)
+                    elif a.passes > 1:  # runs of the earlier passes are kept in d/emu_runs; one more, then compare
+                        load0 = _load()
+                        for _ in range(a.repeat):
+                            measure_once(engine_spec(spec, a.dtype), opts, d)
+                        r = compare_run(spec, d, a.dtype, a.floor_ms, label, True, None, a.passes - 1 + a.repeat,
+                                        (load0, _load()))
                     else:
                         r = validate_spec(spec, opts, str(d), floor_ms=a.floor_ms, label=label, repeat=a.repeat)
                 except Exception as e:  # report what failed and go on: the table says which configs ran
@@ -146,7 +183,7 @@ def main() -> None:
     head = [f"# Validation on `{hw_name}`: engine (backend=emu) vs DES (backend=sim)", "",
             f"Command: `{cmd}`  ", f"Date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}  ",
             f"Machine: {platform.node()} {platform.machine()}, device={a.device}, dtype={a.dtype}, "
-            f"csd.direct_io={a.direct_io}, engine runs per config {a.repeat} (fastest kept), "
+            f"csd.direct_io={a.direct_io}, engine runs per config {a.repeat} x {a.passes} pass(es) (median run compared), "
             f"batch {a.batch}, gen {a.gen}, torch threads {torch.get_num_threads()}  ",
             f"Error = simulated / measured - 1 (total tokens/s). Per-op-kind MAPE over ops matched by name with a "
             f"measured duration >= {a.floor_ms:g} ms. Within bounds: |error| <= 10 % and every kind's MAPE <= 20 %.  ",

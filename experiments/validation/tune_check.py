@@ -7,8 +7,8 @@ Run by hand:
 
 Steps: tune the default `inf2` policy on the profile (`inf2sim.tune.tune`, analytic search
 + DES confirmation); simulate the default and the tuned configuration at full fidelity
-(predicted speedup = tuned / default total tokens/s); run both on the engine (the fastest
-of --repeat runs each; measured speedup likewise). Passes when measured / predicted
+(predicted speedup = tuned / default total tokens/s); run both on the engine (the median
+of --repeat runs each, as `inf2 validate` compares; measured speedup likewise). Passes when measured / predicted
 speedup is within 1 +- 0.10. Writes results/<hardware>/tune.md and tune.json beside the
 validation table. Bytes are in the engine's dtype for the tuner and the DES alike
 (`inf2hw.validate.engine_spec`).
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import sys
 import time
@@ -45,6 +46,10 @@ def main() -> None:
     ap.add_argument("--work", default="")
     a = ap.parse_args()
 
+    from inf2hw.loop import pin_threads
+
+    probe = build_spec(a.models.split(",")[0] if hasattr(a, "models") else a.model, 128, "ans", a.hardware, 4, 4, {})
+    pin_threads(a.threads or probe.hardware.cpu.threads or os.cpu_count() or 1)  # before torch loads
     import torch
 
     from inf2hw.run import EngineOptions, run_engine
@@ -74,7 +79,7 @@ def main() -> None:
         short = replace(s, workload=replace(s.workload, prompt_len=min(32, s.workload.prompt_len), gen_len=2))
         run_engine(short, opts, str(work / k / "warmup"))
         runs = [run_engine(s, opts, str(work / k / f"run{i}"))[2].throughput["total_tok_s"] for i in range(a.repeat)]
-        meas[k] = max(runs)
+        meas[k] = sorted(runs)[(len(runs) - 1) // 2]
         print(f"{k}: simulated {sim[k]:.3f} tok/s, measured {meas[k]:.3f} (runs {[round(x, 3) for x in runs]})",
               flush=True)
     pred, real = sim["tuned"] / sim["default"], meas["tuned"] / meas["default"]
@@ -83,7 +88,7 @@ def main() -> None:
     lines = [f"# Tune-then-validate on `{hw_name}`", "",
              f"Command: `{cmd}`  ", f"Date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}  ",
              f"Machine: {platform.node()} {platform.machine()}, device={a.device}, dtype={a.dtype}, "
-             f"{a.model} batch {a.batch} prompt {a.prompt} gen {a.gen}, engine runs {a.repeat} each (fastest kept)  ",
+             f"{a.model} batch {a.batch} prompt {a.prompt} gen {a.gen}, engine runs {a.repeat} each (median compared)  ",
              f"Tuner overlay (`inf2 tune`, start = the default `inf2` policy): `{r.overlay() or '(none)'}`", "",
              "| policy | simulated tok/s | measured tok/s | error |", "|---|---|---|---|"]
     for k in ("default", "tuned"):
