@@ -9,7 +9,8 @@ and `fetch` (the `up` transfer), with the worker's own start/end stamps, exactly
 the engine's trace records for those ops. The engine-side round trip of one small
 command (call -> reply seen) is the shared-memory + pipe IPC cost.
 
-Attention time is fitted as `ipc + kv_bytes / rate` over several context lengths, with
+Attention time is fitted as `ipc + kv_bytes / rate` (the rate from the two longest
+contexts, whose K,V do not fit in the caches; the fixed part from the shortest), with
 `kv_bytes` from `inf2sim.accel.kv_bytes` (the simulator's own byte count for an FPGA
 attention call), so `rate_gbps` can be put in `csd.fpga.rate_gbps` unchanged and the
 intercept in `host.ipc_us` (the fixed cost the simulator adds per FPGA op). The rate is
@@ -119,7 +120,10 @@ def measure_csd(directory: str, compute: str = "torch", dtype: str = "fp32", hea
         dev.close()
     med = {n: float(np.median(ts)) for n, ts in att.items()}
     xs = [kv_bytes(rows, n, head_dim, group, 1, 1) for n in ctx]
-    a, b = fit_line(xs, [med[n] for n in ctx])
+    # The rate from the two longest contexts (working sets beyond the caches, as a real KV
+    # cache is: shorter ones run faster per byte), the fixed cost from the shortest.
+    _, b = fit_line(xs[-2:], [med[n] for n in ctx[-2:]])
+    a = max(0.0, med[ctx[0]] - xs[0] * b)
     return CsdCosts(compute, dtype, dev.direct, head_dim, group, rows, list(ctx), [med[n] for n in ctx],
                     (1.0 / b / 1e9) if b > 0 else 0.0, a * 1e6, float(np.median(downs)) * 1e6,
                     float(np.median(ups)) * 1e6, [float(np.median(loads[n])) for n in ctx],

@@ -74,6 +74,13 @@ def profile_yaml(cal: Calibration, csd_count: int = 2, ssd_count: int = 2) -> st
     src = f"inf2 calibrate {day}"
     gpu = cal.device != "cpu"
     peak32, peak16 = v["gemm_fp32_tflops"], v["gemm_fp16_tflops"]
+    how32, how16 = cal.how["gemm_fp32_tflops"], cal.how["gemm_fp16_tflops"]
+    if "block_tflops" in v:  # the engine dtype's rate is the achieved rate of the engine's blocks
+        blk = f"{cal.how['block_tflops']} (a plain GEMM: {{}} TFLOP/s)"
+        if o.dtype == "fp32":
+            peak32, how32 = v["block_tflops"], blk.format(_r(peak32))
+        else:
+            peak16, how16 = v["block_tflops"], blk.format(_r(peak16))
     mem = v["stream_gbps"]
     att_eff = v["dense_attention_gbps"] / mem if mem > 0 else 1.0
     memcpy = v["memcpy_gbps"]
@@ -99,8 +106,8 @@ def profile_yaml(cal: Calibration, csd_count: int = 2, ssd_count: int = 2) -> st
         f"  name: {cal.device if gpu else 'host CPU as the dense device'}",
         f"  memory_gb: {_r(_ram_gb() if not gpu else v.get('gpu_memory_gb', 80.0))}   # "
         + ("host RAM (sysconf)" if not gpu else "torch.cuda.get_device_properties total memory"),
-        f"  fp16_tflops: {_r(peak16)}   # {cal.how['gemm_fp16_tflops']} ({src})",
-        f"  fp32_tflops: {_r(peak32)}   # {cal.how['gemm_fp32_tflops']} ({src})",
+        f"  fp16_tflops: {_r(peak16)}   # {how16} ({src})",
+        f"  fp32_tflops: {_r(peak32)}   # {how32} ({src})",
         f"  mem_gbps: {_r(mem)}   # {cal.how['stream_gbps']} ({src})",
         "  gemm_efficiency: 1.0   # the rates above are achieved rates, not datasheet peaks",
         f"  attention_efficiency: {_r(att_eff, 3)}   # {_r(v['dense_attention_gbps'])} GB/s of decode attention / mem_gbps: "
@@ -113,10 +120,10 @@ def profile_yaml(cal: Calibration, csd_count: int = 2, ssd_count: int = 2) -> st
     ]
     if gpu:
         lines += [
-            f"    up_gbps: {_r(v['copy_d2h_pageable_gbps'])}    # GPU->host pageable (the engine's .to('cpu')); pinned: "
-            f"{_r(v['copy_d2h_pinned_gbps'])} ({src})",
-            f"    down_gbps: {_r(v['copy_h2d_pinned_gbps'])}  # host->GPU pinned (weights are pinned); pageable: "
-            f"{_r(v['copy_h2d_pageable_gbps'])} ({src})",
+            f"    up_gbps: {_r(v['copy_d2h_pinned_gbps'])}    # GPU->host pinned (the engine's D2H relays are pinned); "
+            f"pageable: {_r(v['copy_d2h_pageable_gbps'])} ({src})",
+            f"    down_gbps: {_r(v['copy_h2d_pinned_gbps'])}  # host->GPU pinned (weights, X-cache stores are pinned); "
+            f"pageable: {_r(v['copy_h2d_pageable_gbps'])} ({src})",
             f"    latency_us: {_r(v['copy_latency_us'] + disp)}   # {_r(v['copy_latency_us'])} us: {cal.how['copy_latency_us']}{plus} ({src})",
         ]
     else:
@@ -142,11 +149,10 @@ def profile_yaml(cal: Calibration, csd_count: int = 2, ssd_count: int = 2) -> st
         f"time ({_r(csd.attend_fixed_us) if csd else 0} us, fit below){plus} ({src})",
         "  price_usd: 0",
         "  power_w: 0",
-        "  dram:" + ("" if gpu else "   # every host-side flow crosses this link; with no GPU the dense device "
-                     "works in place, so it moves nothing itself (copies are charged on the links below)"),
-        f"    up_gbps: {_r(memcpy) if gpu else NO_COPY_GBPS:g}   # "
-        + (f"{cal.how['memcpy_gbps']} ({src})" if gpu else f"no copy (memcpy measured {_r(memcpy)} GB/s, {src})"),
-        f"    down_gbps: {_r(memcpy) if gpu else NO_COPY_GBPS:g}",
+        "  dram:   # every host-side flow crosses this link; no flow here is limited by DRAM itself (DMA from pinned",
+        "         # memory, or the CPU copies charged on the links that make them), so it does not limit",
+        f"    up_gbps: {NO_COPY_GBPS:g}   # (CPU memcpy measured {_r(memcpy)} GB/s: {cal.how['memcpy_gbps']}, {src})",
+        f"    down_gbps: {NO_COPY_GBPS:g}",
         "    latency_us: 0",
         "ssd:   # FlexGen drives: files under csd.dirs, buffered I/O (inf2hw.stores.DiskStore), warm page cache",
         "  link:",

@@ -23,10 +23,12 @@ def test_compare_ops_matches_by_name_and_applies_the_floor():
            _span("only_simulated", "Transfer", "kv", 1.0)]
     kinds = {k.kind: k for k in compare_ops(meas, sim, floor_ms=1.0)}
     qkv = kinds["DenseCompute/qkv"]
-    assert (qkv.ops, qkv.compared) == (3, 2)  # c is under the 1 ms floor
-    assert qkv.mape == pytest.approx((0.1 + 0.25) / 2)
+    assert (qkv.ops, qkv.compared) == (3, 3)  # its median op (10 ms) reaches the floor: all count
+    assert qkv.mape == pytest.approx((0.1 + 0.25 + 8.0) / 3)
     assert qkv.measured_s == pytest.approx(0.0301) and qkv.below_floor_share == pytest.approx(0.0001 / 0.0301)
     assert kinds["Transfer/kv"].ops == 1 and kinds["Transfer/kv"].mape == pytest.approx(0.25)
+    short = {k.kind: k for k in compare_ops(meas, sim, floor_ms=15.0)}["DenseCompute/qkv"]
+    assert (short.compared, short.mape) == (0, None)  # median 10 ms < 15 ms: reported, not compared
 
 
 def test_validate_cli_on_a_tiny_config(tmp_path):

@@ -1,0 +1,260 @@
+"""Compute microbenchmarks of `inf2 calibrate`: the dense device, CPU attention, the engine's dispatch.
+
+Called by `inf2hw.calibrate.measure` (the I/O half is `inf2hw.calibrate_io`, the emulated
+CSD `inf2hw.calibrate_csd`). Each function puts its numbers into the `Calibration` with a
+line saying how they were measured; `inf2hw.calibrate_profile` maps them to profile fields
+(see the table in `inf2hw.calibrate`). Every timing is the median of repeated calls, run
+through the engine's own code where the engine has it (model.qkv / model.post,
+model.prefill_attention, ops.cpu_attention, the cooperative attention's tensor ops,
+Engine.execute). Units: seconds, bytes, FLOP, GB/s = 1e9 B/s, TFLOP/s, us.
+"""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from . import calibrate_csd
+
+if TYPE_CHECKING:
+    from .calibrate import Calibration
+
+
+def _time_s(fn: Callable[[], Any], repeat: int, sync: Callable[[], None] = lambda: None, warm: int = 1,
+            stat: str = "best") -> float:
+    """Seconds of one call: the median of `repeat` calls (a typical call: what a run sees,
+    background load included) for rates and fixed costs alike; `stat` is kept for callers
+    that name it."""
+    for _ in range(warm):
+        fn()
+    sync()
+    ts = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
+
+
+def _tiny_opt():
+    return _layer("opt", 64)
+
+
+def _layer(family: str, hidden: int):
+    """One layer of an OPT (MHA, ffn 4h) or LLaMA (GQA 4:1, ffn 8h/3) shape, head_dim 64 (16 below 256)."""
+    from inf2sim.specs import ModelSpec
+
+    d = 16 if hidden < 256 else 64
+    heads = hidden // d
+    kvh = heads if family == "opt" else max(1, heads // 4)
+    ffn = 4 * hidden if family == "opt" else -(-8 * hidden // 3 // 16) * 16
+    return ModelSpec(name=f"calib-{family}-{hidden}", family=family, num_layers=1, hidden=hidden, num_heads=heads,
+                     num_kv_heads=kvh, head_dim=d, ffn_dim=ffn, vocab_size=128, max_positions=8192,
+                     tie_embeddings=family == "opt")
+
+
+def dense_device(cal: "Calibration", dev: str, quick: bool, tick) -> None:
+    """GEMM peak, weight streaming, per-op overhead and attention rate of the dense device."""
+    import torch
+    import torch.nn.functional as F
+
+    from . import attention as A
+    from . import model as M
+    from .run import DTYPES
+
+    sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
+    rep = 3 if quick else 7
+    for dname in ("fp32", "fp16"):
+        dt = DTYPES[dname]
+        if dev == "cpu" and dname == "fp16":
+            m = k = n = 256  # CPU half-precision GEMM is orders of magnitude slower: keep it short
+        elif dev.startswith("cuda"):
+            m = k = n = 4096 if quick else 8192
+        else:
+            m, k, n = (256, 1024, 1024) if quick else (1024, 2048, 2048)
+        a = torch.randn(m, k, device=dev).to(dt)
+        b = torch.randn(k, n, device=dev).to(dt)
+        s = _time_s(lambda: a @ b, rep, sync)
+        cal.put(f"gemm_{dname}_tflops", 2.0 * m * k * n / s / 1e12,
+                f"median of {rep} torch matmuls [{m}x{k}]@[{k}x{n}] {dname} on {dev}")
+        tick()
+    dt = DTYPES[cal.opts.dtype]
+    gpu = dev.startswith("cuda")
+    # Weight streaming: decode-shaped projections (4 tokens) the way the model runs them
+    # (F.linear on [out, in] weights), rotating over matrices that together exceed the caches,
+    # so every call reads its weights from memory as a decode step does layer after layer.
+    k, n = (8192, 16384) if gpu else ((1024, 4096) if quick else (2048, 4096))
+    ws = [torch.randn(n, k, device=dev).to(dt) for _ in range(4 if gpu else 8)]
+    x = torch.randn(4, k, device=dev).to(dt)
+    it = iter(range(10**9))
+    s = _time_s(lambda: F.linear(x, ws[next(it) % len(ws)]), rep * 4, sync)
+    cal.put("stream_gbps", ws[0].numel() * ws[0].element_size() / s / 1e9,
+            f"weight bytes / median time of F.linear([4x{k}], [{n}x{k}]) {cal.opts.dtype} on {dev}, rotating over "
+            f"{len(ws)} such weights (beyond the caches: a decode step's weights come from memory)")
+    ws.clear()
+    tick()
+    # The dense device's achieved rate on the engine's own prefill blocks (model.qkv + model.post:
+    # GEMMs plus the norms, activations and residual adds between them), OPT and LLaMA layers
+    hb, t = (4096, 4096) if gpu else ((512, 512) if quick else (1024, 1024))
+    rates, fixed = [], []
+    for fam in ("opt", "llama"):
+        md = _layer(fam, hb)
+        lw = M.init_random(md, dtype=dt, device=dev).layers[0]
+        xp = torch.randn(1, t, hb, device=dev).to(dt)
+        pp = torch.arange(t, device=dev).unsqueeze(0)
+        att = torch.randn(1, md.num_heads, t, md.head_dim, device=dev).to(dt)
+        flops = 2.0 * t * (hb * (md.q_dim + 2 * md.kv_dim) + md.q_dim * hb + md.active_mlp_params())
+        with torch.inference_mode():
+            s_blk = _time_s(lambda: (M.qkv(lw, md, xp, pp), M.post(lw, md, xp, att)), rep, sync)
+        rates.append(flops / s_blk / 1e12)
+        md = _layer(fam, 64)  # the fixed cost: the same blocks on a hidden-64 layer, one token
+        lw = M.init_random(md, dtype=dt, device=dev).layers[0]
+        xx = torch.randn(1, 1, md.hidden, device=dev).to(dt)
+        pos = torch.zeros(1, 1, dtype=torch.long, device=dev)
+        att = torch.randn(1, md.num_heads, 1, md.head_dim, device=dev).to(dt)
+        with torch.inference_mode():
+            fixed.append(_time_s(lambda: M.qkv(lw, md, xx, pos), 20, sync, warm=3))
+            fixed.append(_time_s(lambda: M.post(lw, md, xx, att), 20, sync, warm=3))
+    cal.put("block_tflops", sum(rates) / 2,
+            f"FLOPs / median time of the engine's model.qkv + model.post on one {hb}-wide layer, {t} tokens "
+            f"(OPT {rates[0] * 1e3:.4g}, LLaMA {rates[1] * 1e3:.4g} GFLOP/s), {cal.opts.dtype} on {dev}: the achieved "
+            f"rate of a dense op, GEMMs and the element-wise work between them")
+    cal.put("dense_op_us", sum(fixed) / len(fixed) * 1e6,
+            f"mean of the engine's model.qkv / model.post on hidden-64 OPT and LLaMA layers, 1 token, {dev} "
+            f"({', '.join(f'{f * 1e6:.0f}' for f in fixed)} us; medians of 20): the fixed cost of one dense op")
+    tick()
+    md = _tiny_opt()
+    qh = torch.randn(1, md.num_heads, 1, md.head_dim, device=dev).to(dt)
+
+    def host_copy():  # what the engine's q_d2h does with a step's q, k, v
+        return (A.q_to_rows(qh, md.num_kv_heads).to("cpu", dt), A.kv_to_rows(qh).to("cpu", dt),
+                A.kv_to_rows(qh).to("cpu", dt))
+
+    s = _time_s(host_copy, 50, sync, warm=3, stat="typical")
+    cal.put("host_op_us", s * 1e6, f"median of 50 engine-style host copies of one token's q, k, v "
+            f"(attention.q_to_rows / kv_to_rows + .to('cpu')) on {dev}: the fixed cost of a copy op")
+    if dev.startswith("cuda"):
+        cal.put("gpu_memory_gb", torch.cuda.get_device_properties(0).total_memory / 1e9, "torch device properties")
+    # decode attention: the slope over two sizes (the fixed part is launch / call overhead), with
+    # working sets far beyond the caches, as a real KV cache is
+    # The engine's decode attention on the dense device (the X-cache's cooperative rows,
+    # inf2hw.ops._coop_attention): the history's K,V joined with the new token's, then
+    # attend_partial over rows. Slope over two sizes (the fixed part is launch / call
+    # overhead), with working sets far beyond the caches, as a real KV cache is.
+    seqs, kvh, d = (32, 8, 128) if dev.startswith("cuda") else (8, 8, 128)
+    ctxs = (2048, 8192) if dev.startswith("cuda") else ((512, 2048) if quick else (1024, 4096))
+    xs, ts = [], []
+    q = torch.randn(seqs, kvh, 1, d, device=dev).to(dt)
+
+    def coop(kh, vh):
+        kk, vv = torch.cat([kh, q], dim=2), torch.cat([vh, q], dim=2)
+        return A.attend_partial(A.q_to_rows(q, kvh), A.kv_to_rows(kk), A.kv_to_rows(vv))
+
+    for ctx in ctxs:
+        kh = torch.randn(seqs, kvh, ctx - 1, d, device=dev).to(dt)
+        with torch.inference_mode():
+            ts.append(_time_s(lambda: coop(kh, kh), rep * 2, sync))
+        xs.append(2 * seqs * kvh * ctx * d * kh.element_size())
+    _, per_byte = calibrate_csd.fit_line(xs, ts)
+    att_gbps = 1.0 / per_byte / 1e9 if per_byte > 0 else xs[-1] / ts[-1] / 1e9
+    cal.put("dense_attention_gbps", att_gbps,
+            f"K+V bytes per second, slope of the median times of the engine's cooperative decode attention "
+            f"(cat of history and new token, attend_partial) rows={seqs * kvh} d={d} ctx={list(ctxs)} "
+            f"{cal.opts.dtype} on {dev}")
+    # prefill: the engine's model.prefill_attention (attend_heads on a CPU: materialised [P, P]
+    # fp32 scores per head; fused SDPA on a GPU in fp16): what the score matrix costs beyond
+    # the rates model's max(flops, kv bytes) term, per element
+    heads = 16
+    ps = (64, 128, 256) if quick else (128, 256, 512, 1024)
+    if dev.startswith("cuda"):
+        heads, ps = 64, (512, 1024, 2048)
+    peak = cal.values["gemm_fp32_tflops" if q.element_size() == 4 else "gemm_fp16_tflops"] * 1e12
+    xs, res = [], []
+    for p in ps:
+        qp = torch.randn(1, heads, p, d, device=dev).to(dt)
+        with torch.inference_mode():
+            s = _time_s(lambda: M.prefill_attention(qp, qp, qp), 3 if quick else 5, sync)
+        base = max(2.0 * heads * p * p * d / peak, 2 * heads * p * d * qp.element_size() / (att_gbps * 1e9))
+        xs.append(heads * p * p)
+        res.append(s - base)
+    _, per = calibrate_csd.fit_line(xs, res)
+    cal.put("attention_score_ns", per * 1e9,
+            f"slope over P={list(ps)} of (median time of model.prefill_attention, {heads} heads d={d}, minus "
+            f"max(flops/peak, kv/attention rate)) per score element heads*P*P, {cal.opts.dtype} on {dev}")
+    tick()
+
+
+def engine_dispatch(cal: "Calibration", n_ops: int = 64, repeat: int = 5) -> None:
+    """The real engine's own cost per op: `Engine.execute` over a chain of `n_ops` no-op ops
+    (`merge`, which the engine runs as a no-op); the median gap between one op's end and
+    the next one's start. It grows with the number of ops in a step (the engine rescans
+    the waiting ops), so n_ops is a typical step's critical path."""
+    import torch
+
+    from inf2sim.config import default_config, specs_from_config
+    from inf2sim.plan import DenseCompute, StepPlan
+    from inf2sim.scheduler import build_plan
+
+    from .engine import Engine, EngineContext
+
+    spec = specs_from_config(default_config(model="llama-tiny", workload="tiny", policy="flexgen_dram"))
+    _, b = build_plan(spec.model, spec.workload, spec.hardware, spec.policy)
+    eng = Engine(EngineContext(spec, None, "cpu", torch.float32, torch.float32,
+                               torch.zeros(spec.workload.batch, 1, dtype=torch.long), b.layout))
+    gaps = []
+    try:
+        for r in range(repeat):
+            ops, prev = [], None
+            for i in range(n_ops):
+                name = f"s{r}.L{i}.m0.merge"
+                ops.append(DenseCompute(name, (prev,) if prev else (), r, i, 0, "merge", device="gpu"))
+                prev = name
+            spans = sorted(eng.execute(StepPlan(r, "decode", 1, 1, tuple(ops))), key=lambda sp: sp.start_s)
+            gaps += [spans[i + 1].start_s - spans[i].end_s + spans[i + 1].dur_s for i in range(len(spans) - 1)]
+    finally:
+        eng.close()
+    cal.put("engine_op_us", float(np.median(gaps)) * 1e6,
+            f"median gap end->next start (+ its no-op duration) of inf2hw.engine.Engine over a chain of {n_ops} "
+            f"no-op ops: the engine's dispatch cost per op, charged to every op's device or link")
+
+
+def cpu_attention(cal: "Calibration", quick: bool, tick) -> None:
+    """The engine's CPU attention call, fitted fixed + bytes / rate; and host GEMM."""
+    import torch
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .ops import cpu_attention as engine_cpu_attention
+    from .run import DTYPES
+
+    dt = DTYPES[cal.opts.dtype]
+    rows, d = 64, 128  # up to 268 MB (fp32) of K+V: a real KV cache is far beyond the caches
+    ctxs = (128, 1024, 4096) if quick else (128, 1024, 4096, 8192)
+    xs, ts = [], []
+    pool = ThreadPoolExecutor(max_workers=1)  # the engine runs CPU attention on a one-thread pool
+    try:
+        for n in ctxs:
+            cap = n + 16  # a MemStore view: [rows, :n] of a longer buffer, as the engine reads it
+            q = torch.randn(rows, 1, 1, d).to(dt)
+            kb = torch.randn(rows, cap, d).to(dt)
+            with torch.inference_mode():
+                s = _time_s(lambda: pool.submit(engine_cpu_attention, q, kb[:, :n], kb[:, :n]).result(),
+                            5 if quick else 11)
+            xs.append(2 * rows * n * d * kb.element_size())
+            ts.append(s)
+    finally:
+        pool.shutdown()
+    a, b = calibrate_csd.fit_line(xs, ts)
+    how = (f"the engine's ops.cpu_attention submitted to a one-thread pool as the engine does, rows={rows} d={d} "
+           f"ctx={list(ctxs)} {cal.opts.dtype}, {cal.opts.threads} torch thread(s); fit t = fixed + bytes/rate "
+           f"over the median times")
+    cal.put("cpu_attention_gbps", 1.0 / b / 1e9 if b > 0 else max(xs) / max(ts) / 1e9, how)
+    cal.put("cpu_attention_fixed_us", a * 1e6, how)
+    tick()
+    m, k, n = (256, 1024, 1024) if quick else (1024, 2048, 2048)
+    aa, bb = torch.randn(m, k), torch.randn(k, n)
+    s = _time_s(lambda: aa @ bb, 3 if quick else 7)
+    cal.put("cpu_gemm_gflops", 2.0 * m * k * n / s / 1e9, f"median torch matmul [{m}x{k}]@[{k}x{n}] fp32 on the host")
+    tick()
