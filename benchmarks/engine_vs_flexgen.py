@@ -23,15 +23,20 @@ Throughput uses FlexGen's conventions on both sides (prefill = batch x prompt / 
 decode = batch x (gen - 1) / decode s, total = batch x gen / (prefill + decode)); FlexGen
 times from after its warm-up and cache allocation, the engine from after its stores
 and pinned buffers are allocated (weights are made before either clock starts).
-Engine weights are `inf2hw.model.init_repeated` (random, same bytes per layer);
+Engine weights are `inf2hw.model.init_repeated` (random, same bytes per layer;
+EngineOptions.weights_init="repeated"; weights that live on the GPU go there unpinned);
+the host KV store (flexgen_dram) and the X-cache are pinned when they fit (--pin-host),
+so the prompt's K,V reach the store by one DMA; each emulated CSD attends with
+cores / csds torch threads (--csd-threads);
 FlexGen's `--path _DUMMY_` weights are ones. FlexGen's prompts are its own
 (left-padded "Paris is the capital city of"): the same amount of work per token.
 
 Bounds: `--child measure` measures this machine (GEMM rate, device memory and host
 link bandwidth, host memcpy, page-cache reads, the engine's CPU attention rate on all
-cores and on one core) and writes those numbers over `conf/hardware/paper_h100.yaml`'s
-shape; `inf2sim.cost.bound` of each side's plan on that profile gives the machine's
-bound, and each measured total over it the fraction reported.
+cores and on one core, an emulated CSD's attention on its rows and threads) and writes
+those numbers over `conf/hardware/paper_h100.yaml`'s shape; `inf2sim.cost.bound` of each
+side's plan on that profile gives the machine's bound, and each measured total over it
+the fraction reported.
 """
 from __future__ import annotations
 
@@ -94,17 +99,18 @@ def _spec(a, policy: str, hw_over: dict | None = None):
 def child_engine(a) -> None:
     import torch
 
-    from inf2hw import model as M
-    from inf2hw.run import EngineOptions, run_engine
+    from inf2hw.run import EngineOptions, csd_threads_for, run_engine
 
-    exact_init = M.init_random
-    M.init_random = lambda spec, seed=0, dtype=torch.float32, device="cpu": M.init_repeated(spec, seed, dtype, device)
     dtype = "fp16" if a.device == "cuda" else "fp32"
     r = _spec(a, a.policy)
     if r.policy.kv_on == "csd" and r.policy.attention_on == "csd":  # the CSD processes each keep a core busy: no oversubscribed OpenMP here
         torch.set_num_threads(max(2, (os.cpu_count() or 2) - a.csds))
     work = Path(a.work) / f"engine_{a.policy}"
-    opts = EngineOptions(device=a.device, dtype=dtype, csd_dirs=(str(work),), direct_io="off")
+    opts = EngineOptions(device=a.device, dtype=dtype, csd_dirs=(str(work),), direct_io="off",
+                         weights_init="repeated", csd_threads=a.csd_threads, cpu_threads=a.cpu_threads,
+                         pin_host_kv=None if a.pin_host == "auto" else a.pin_host == "on", copy_threads=a.copy_threads)
+    print(f"engine options: {opts}; csd threads {csd_threads_for(opts, a.csds)}, torch threads {torch.get_num_threads()}",
+          flush=True)
     # warm-up (CUDA context, cuBLAS, kernels, CSD forkserver): a 2-layer run of the same policy
     from dataclasses import replace
 
@@ -116,13 +122,14 @@ def child_engine(a) -> None:
     tokens, _, m, spans = run_engine(r, opts, out_dir=run_dir)
     wall = time.perf_counter() - t0
     shutil.copy(Path(run_dir) / "trace.json", Path(a.json_out).with_suffix(".trace.json"))
-    M.init_random = exact_init
     busy = {k: v for k, v in sorted(m.busy_frac.items(), key=lambda kv: -kv[1])[:8]}
     out = {"side": "engine", "policy": a.policy.split("@")[0], "alpha": m.alpha, "device": _device_name(),
            "dtype": dtype, "batch": r.workload.batch, "prompt_len": a.prompt, "gen_len": a.gen,
            "micro_batches": a.ngb, "weights": a.weights, "csds": a.csds if "csd" in str(r.policy.kv_on) else 0,
            "time_s": m.time_s, "throughput": m.throughput, "busy_frac": busy, "kv_io_share": m.kv_io_share,
            "ops": len(spans), "wall_s": wall, "tokens_seq0": tokens[0][:8],
+           "engine_options": {"csd_threads": csd_threads_for(opts, a.csds), "cpu_threads": a.cpu_threads,
+                              "pin_host_kv": a.pin_host, "copy_threads": a.copy_threads},
            "io_mode": "buffered files under --work (page cache)" if r.policy.kv_on in ("ssd", "csd") else "host DRAM"}
     Path(a.json_out).write_text(json.dumps(out, indent=2))
     t = m.throughput
@@ -189,6 +196,17 @@ def child_measure(a) -> None:
     torch.set_num_threads(1)
     q1, k1, v1 = q[:32], k[:32], v[:32]
     res["cpu_attention_1core_gbps"] = 2 * k1.numel() * k1.element_size() / _best(lambda: cpu_attention(q1, k1, v1)) / 1e9
+    # an emulated CSD's attention (the worker's own function) on its share of rows, at its thread count
+    from inf2hw.csd.worker import torch_attention
+    from inf2hw.ops import AttnWorkspace
+
+    ct = _csd_threads(a)
+    torch.set_num_threads(ct)
+    rc = max(1, a.gbs * md.num_kv_heads // a.csds)
+    qc, kc, vc = q[:rc, :, 0], k[:rc], v[:rc]
+    ws = AttnWorkspace()
+    res["csd_attention_gbps"] = 2 * kc.numel() * kc.element_size() / _best(lambda: torch_attention(qc, kc, vc, ctx, None, ws)) / 1e9
+    res["csd_threads"] = ct
     torch.set_num_threads(nt)
     a1 = torch.randn(2048, 2048)
     res["cpu_fp32_gflops"] = 2 * 2048 ** 3 / _best(lambda: torch.mm(a1, a1)) / 1e9
@@ -228,6 +246,14 @@ def child_measure(a) -> None:
         res["gpu_memory_gb"] = torch.cuda.get_device_properties(0).total_memory / 1e9
     Path(a.json_out).write_text(json.dumps(res, indent=2))
     print("measured:", json.dumps(res), flush=True)
+
+
+def _csd_threads(a) -> int:
+    """The torch threads each emulated CSD gets in `child_engine` (inf2hw.run.csd_threads_for there)."""
+    if a.csd_threads > 0:
+        return a.csd_threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(max(2, (os.cpu_count() or 2) - a.csds), cores // max(1, a.csds)))
 
 
 def child_cpuattn(a) -> None:
@@ -272,7 +298,7 @@ def profile_overrides(mres: dict, cuda: bool) -> dict:
           "hardware.chassis.uplink": fast, "hardware.chassis.port": fast,
           "hardware.csd.ssd.req_kib": [4, 131072], "hardware.csd.ssd.read_gbps": [pc_r, pc_r],
           "hardware.csd.ssd.write_gbps": [pc_w, pc_w],
-          "hardware.csd.fpga.rate_gbps": mres["cpu_attention_1core_gbps"]}
+          "hardware.csd.fpga.rate_gbps": mres.get("csd_attention_gbps", mres["cpu_attention_1core_gbps"])}
     if cuda:
         ov.update({"hardware.gpu.name": mres["device"], "hardware.gpu.memory_gb": mres["gpu_memory_gb"],
                    "hardware.gpu.fp16_tflops": mres["gpu_fp16_tflops"], "hardware.gpu.gemm_efficiency": 1.0,
@@ -331,6 +357,11 @@ def main() -> None:
     ap.add_argument("--engine", default="flexgen_dram,flexgen_ssd,inf2", help="engine policies to run")
     ap.add_argument("--alpha", type=float, default=0.75, help="X-cache share for inf2 / ans_xcache")
     ap.add_argument("--csds", type=int, default=8, help="emulated CSDs (processes)")
+    ap.add_argument("--csd-threads", type=int, default=0, help="torch threads per emulated CSD (0: cores / csds)")
+    ap.add_argument("--cpu-threads", type=int, default=0, help="torch threads of the engine's CPU attention (0: default)")
+    ap.add_argument("--pin-host", choices=("auto", "on", "off"), default="auto",
+                    help="host KV / X-cache stores in pinned memory (auto: on a GPU, when they fit)")
+    ap.add_argument("--copy-threads", type=int, default=4, help="threads copying prompt K,V into a pageable host store")
     ap.add_argument("--flexgen-wheels", default="_fgwheels")
     ap.add_argument("--site", default="", help="flexgen already installed here (skip the wheel install)")
     ap.add_argument("--work", default="", help="scratch folder for KV files (default: a temp folder)")
@@ -356,7 +387,8 @@ def main() -> None:
 
     me = [sys.executable, str(Path(__file__).resolve()), "--model", a.model, "--gbs", str(a.gbs), "--ngb", str(a.ngb),
           "--prompt", str(a.prompt), "--gen", str(a.gen), "--weights", a.weights, "--alpha", str(a.alpha),
-          "--csds", str(a.csds), "--work", a.work, "--device", a.device]
+          "--csds", str(a.csds), "--work", a.work, "--device", a.device, "--csd-threads", str(a.csd_threads),
+          "--cpu-threads", str(a.cpu_threads), "--pin-host", a.pin_host, "--copy-threads", str(a.copy_threads)]
     logs = Path(a.work) / "logs"
     logs.mkdir(exist_ok=True)
     results = {"machine": _device_name(), "args": vars(a), "started": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -63,6 +63,9 @@ class EngineContext:
     coop_store: Optional[MemStore] = None  # cooperative rows: X (or K,V) in host memory
     coop_disk: Optional[DiskStore] = None  # ... on the CSDs' flash (X-cache v2)
     copy_stream: Any = None
+    pin_host: bool = False  # CUDA: host KV (FlexGen DRAM placement) and X-cache stores in page-locked memory when they fit
+    cpu_threads: int = 0  # torch threads of the CPU-attention thread (0: torch's default for a new thread)
+    copy_threads: int = 4  # threads copying the prompt's K,V from a pinned relay into a pageable host store
 
 
 def _resource(op: Op) -> str:

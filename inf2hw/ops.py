@@ -17,8 +17,10 @@ two GPU weight slots on the copy stream, cooperative X loads host (pinned) -> on
 engine which stream an op's kernels go to; the engine orders streams by events
 (see `inf2hw.engine`), so no op waits for the whole device. The host waits for the
 GPU only where it reads GPU data (queries going to the CPU or the CSDs, logits);
-the prompt's K,V leave the GPU on a D2H stream through pinned relay buffers, on a
-thread, while the GPU computes the next layers (`inf2hw.ops_io`).
+the prompt's K,V leave the GPU on a D2H stream, on a thread, while the GPU computes
+the next layers: by DMA straight into a pinned host store, else through pinned relay
+buffers (`inf2hw.ops_io`). Host stores the GPU copies to or from every step (host KV
+of the FlexGen DRAM placement, the X-cache) are pinned when `ctx.pin_host` and they fit.
 """
 from __future__ import annotations
 
@@ -53,7 +55,10 @@ class OpRunner:
     def __init__(self, ctx):
         self.c = ctx  # EngineContext: spec, weights, device, dtypes, csds, stores, layout, prompts
         self.io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="inf2-io")
-        self.cpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inf2-cpu")
+        threads = (ctx.cpu_threads,) if ctx.cpu_threads > 0 else ()  # OpenMP teams are per thread: set it on that thread
+        self.cpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inf2-cpu",
+                                      initializer=torch.set_num_threads if threads else None, initargs=threads)
+        self._copy: Optional[ThreadPoolExecutor] = None  # relay -> pageable store copies (`copy_pool`)
         self.attn_ws = AttnWorkspace()  # used by the CPU attention thread only
         self.x: Dict[int, torch.Tensor] = {}  # mb -> [mb, t, hidden] current hidden state
         self.xin: Dict[Tuple[int, int], torch.Tensor] = {}  # (L, mb) -> layer input X
@@ -78,11 +83,12 @@ class OpRunner:
             self.d2h_stream = torch.cuda.Stream()
             self.d2h = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inf2-d2h")
             wl = ctx.spec.workload
-            if ctx.coop_store is not None:  # copied to the GPU every step: pinned, allocated before the clock
-                ctx.coop_store.pin_memory = True
-                ctx.coop_store.preallocate(ctx.spec.model.num_layers, wl.num_micro_batches)
-            if ctx.host_kv is not None or ctx.disk_kv is not None or ctx.recent is not None:
-                self._give_relay(self._new_relay())
+            for store in (ctx.coop_store, ctx.host_kv):  # GPU <-> host every step: pinned where it fits, before the clock
+                if store is not None and ctx.pin_host:
+                    store.pin_memory = True
+                    store.preallocate(ctx.spec.model.num_layers, wl.num_micro_batches)
+            if (ctx.host_kv is not None and not ctx.host_kv.pin_memory) or ctx.disk_kv is not None or ctx.recent is not None:
+                self._give_relay(self._new_relay())  # the prompt's K,V leave through relays (`inf2hw.ops_io`)
 
     # ----------------------------------------------------------------- helpers
     @property
@@ -317,9 +323,16 @@ class OpRunner:
         with self.relay_lock:
             self.relays.append(relay)
 
+    def copy_pool(self) -> ThreadPoolExecutor:
+        if self._copy is None:
+            self._copy = ThreadPoolExecutor(max_workers=max(1, self.c.copy_threads), thread_name_prefix="inf2-copy")
+        return self._copy
+
     def close(self) -> None:
         self.io.shutdown(wait=True, cancel_futures=True)
         self.cpu.shutdown(wait=True, cancel_futures=True)
+        if self._copy is not None:
+            self._copy.shutdown(wait=True, cancel_futures=True)
         if self.cuda:
             self.d2h.shutdown(wait=True, cancel_futures=True)
 
@@ -340,17 +353,30 @@ class AttnWorkspace:
 
 
 def cpu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows_per_piece: int = CPU_ATTN_ROWS,
-                  ws: Optional[AttnWorkspace] = None):
-    """Exact attention of q [rows, G, 1, d] over k, v [rows, ctx, d] (any float dtype,
+                  ws: Optional[AttnWorkspace] = None, scores_tail: Optional[torch.Tensor] = None,
+                  v_tail: Optional[torch.Tensor] = None):
+    """Exact attention of q [rows, G, t, d] over k, v [rows, ctx, d] (any float dtype,
     strided views allowed), in pieces of rows whose fp32 copies of K and V go into
     reused buffers small enough to stay in cache, instead of one fresh fp32 copy of the
-    whole history. The same operations as `inf2hw.attention.attend_partial`, row by row."""
+    whole history. The same operations as `inf2hw.attention.attend_partial`, row by row.
+
+    With `scores_tail` [rows, G, t, tail] (scaled fp32 scores of keys after the history,
+    `inf2hw.attention.tail_scores`) and `v_tail` [rows, tail, d]: one softmax over history
+    and tail, the same operations as `inf2hw.attention.attend_with_scores` row by row
+    (the tail's V is copied after the history's in the piece's V buffer, so one bmm).
+
+    fp32 K and V, or no more rows than one piece, take the reference functions
+    themselves (bit-for-bit the same results as before pieces existed)."""
+    tail = scores_tail is not None
     rows = q.shape[0]
     if rows <= rows_per_piece or (k.dtype == torch.float32 and v.dtype == torch.float32):
+        if tail:
+            return A.attend_with_scores(q, k, v, scores_tail, v_tail)
         return A.attend_partial(q, k, v)
     ws = ws or AttnWorkspace()
     g, t, d = q.shape[1:]
     ctx = k.shape[1]
+    n_all = ctx + (v_tail.shape[1] if tail else 0)  # keys per row: history, then tail
     out = torch.empty(rows, g, t, d, dtype=torch.float32)
     lse = torch.empty(rows, g, t, dtype=torch.float32)
     scale = 1.0 / math.sqrt(d)
@@ -361,11 +387,15 @@ def cpu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows_per_pi
         kf.copy_(k[s])
         sc = torch.bmm(q[s].float().reshape(n, g * t, d), kf.transpose(1, 2)) * scale  # [n, g*t, ctx]
         sc = sc.reshape(n, g, t, ctx)
+        if tail:
+            sc = torch.cat([sc, scores_tail[s].float()], dim=-1)  # [n, g, t, ctx + tail]
         l_ = torch.logsumexp(sc, dim=-1)  # [n, g, t]
         m = torch.where(torch.isfinite(l_), l_, torch.zeros_like(l_))
-        p = torch.exp(sc - m.unsqueeze(-1)).reshape(n, g * t, ctx)
-        vf = ws.get("v", (n, ctx, d))
-        vf.copy_(v[s])
+        p = torch.exp(sc - m.unsqueeze(-1)).reshape(n, g * t, n_all)
+        vf = ws.get("v", (n, n_all, d))
+        vf[:, :ctx].copy_(v[s])
+        if tail:
+            vf[:, ctx:].copy_(v_tail[s])
         out[s] = torch.bmm(p, vf).reshape(n, g, t, d)
         lse[s] = l_
     return out, lse

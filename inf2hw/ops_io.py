@@ -7,8 +7,10 @@ CSD call). Bytes actually moved are what the plan says; positions and rows come 
 the op (`tokens`, `rows`).
 
 On CUDA: weights go pinned host -> GPU slot L % 2 on the copy stream; the prompt's
-K,V go GPU -> pinned relay (D2H stream) -> host store or CSD on the D2H thread, at
-most `KV_OUT_DEPTH` (layer, mb) behind the GPU so their GPU copies stay bounded;
+K,V go, on the D2H thread at most `KV_OUT_DEPTH` (layer, mb) behind the GPU so their
+GPU copies stay bounded, GPU -> pinned host store by DMA (the FlexGen DRAM placement
+with a pinned store), or GPU -> pinned relay (D2H stream) -> host store (copied by
+`copy_threads` threads), drive files or CSDs;
 X-cache rows go to and from their pinned host store by asynchronous DMA, one
 contiguous [tokens, width] block per row.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import torch
 
 from inf2sim.plan import Spill, Transfer
@@ -81,19 +84,57 @@ def _kv_out(r, L: int, m: int, k, v):
         if users:
             r.staged[key] = _Prompt(r, key, kr, vr, lo, users)
         return None
-    kr, vr = kr.contiguous(), vr.contiguous()  # on the compute stream
+    direct = users == 0 and c.host_kv.pin_memory  # FlexGen DRAM placement, pinned store: one DMA per tensor
+    if direct:
+        kr, vr = _padded(kr, c.host_kv.capacity), _padded(vr, c.host_kv.capacity)
+    else:
+        kr, vr = kr.contiguous(), vr.contiguous()  # on the compute stream
     ready = torch.cuda.Event()
     ready.record()
 
     def job():
         with torch.inference_mode():
-            _kv_out_job(r, L, m, key, kr, vr, ready, lo, hi, users)
+            if direct:
+                _kv_dma_job(r, L, m, kr, vr, ready, lo)
+            else:
+                _kv_out_job(r, L, m, key, kr, vr, ready, lo, hi, users)
 
     fut = r.d2h.submit(job)
     r.kv_out = [f for f in r.kv_out if not f.done()] + [fut]
     while len(r.kv_out) > KV_OUT_DEPTH:  # never waits on the engine: relays are made on demand
         r.kv_out.pop(0).result()
     return fut
+
+
+def _padded(x, capacity: int):
+    """GPU rows [n, P, d] -> contiguous [n, capacity, d] with x in positions [0, P) (one
+    GPU copy, as .contiguous() would make), so that rows of a pinned [rows, capacity, d]
+    store take them in one DMA. The extra capacity - P positions carry garbage into the
+    store, where the decode steps write them before anything reads them (the prompt's
+    store finishes in step 0). Only while they are few (<= capacity / 4); else x itself."""
+    n, p, d = x.shape
+    if p == capacity or (capacity - p) * 4 > capacity:
+        return x.contiguous()
+    out = x.new_empty(n, capacity, d)
+    out[:, :p].copy_(x)
+    return out
+
+
+def _kv_dma_job(r, L, m, kr, vr, ready, lo: int) -> None:
+    """On the D2H thread: GPU rows -> the pinned host store, by DMA on the D2H stream.
+    Rows padded to the store's capacity go in one copy; else one copy per row (each a
+    contiguous [P, d] block of the store)."""
+    dsts = r.c.host_kv._get(L, m)
+    with torch.cuda.stream(r.d2h_stream):
+        r.d2h_stream.wait_event(ready)
+        for dst, src in zip(dsts, (kr, vr)):
+            n, p = src.shape[:2]
+            if p == dst.shape[1]:
+                dst[lo:lo + n].copy_(src, non_blocking=True)
+            else:
+                for i in range(n):
+                    dst[lo + i, :p].copy_(src[i], non_blocking=True)
+    r.d2h_stream.synchronize()  # kr, vr live until here: the copies read them on the D2H stream
 
 
 def _kv_out_job(r, L, m, key, kr, vr, ready, lo: int, hi: int, users: int) -> None:
@@ -107,7 +148,7 @@ def _kv_out_job(r, L, m, key, kr, vr, ready, lo: int, hi: int, users: int) -> No
         rv.copy_(vr, non_blocking=True)
     r.d2h_stream.synchronize()
     if c.host_kv is not None:
-        c.host_kv.write(L, m, 0, rk, rv)
+        _host_write(r, c.host_kv, L, m, 0, rk, rv)
     if users and c.recent is None:  # drive writes run for a while on the I/O threads: hand them a copy
         r.staged[key] = _Prompt(r, key, rk.clone(), rv.clone(), lo, users)
         r._give_relay(relay)
@@ -115,6 +156,26 @@ def _kv_out_job(r, L, m, key, kr, vr, ready, lo: int, hi: int, users: int) -> No
         r.staged[key] = _Prompt(r, key, rk, rv, lo, users, relay)
     else:
         r._give_relay(relay)
+
+
+def _host_write(r, store, L: int, m: int, t0: int, *tensors) -> None:
+    """`store.write` of host tensors [rows, n, width] with the rows split over the copy
+    threads (`copy_threads`; FlexGen copies with 4), so first-touch page faults and the
+    memcpy of a pageable store run in parallel. The copies are numpy copies of byte
+    views: they release the GIL and start no OpenMP team of their own."""
+    dsts = store._get(L, m)
+    rows, n = tensors[0].shape[:2]
+    parts = max(1, min(r.c.copy_threads, rows))
+    if parts == 1:
+        return store.write(L, m, t0, *tensors)
+    cuts = [rows * i // parts for i in range(parts + 1)]
+    futs = []
+    for dst, src in zip(dsts, tensors):
+        d8 = dst[:, t0:t0 + n].view(torch.uint8).numpy()  # [rows, n, width * itemsize]
+        s8 = src.view(torch.uint8).numpy()
+        futs += [r.copy_pool().submit(np.copyto, d8[a:b], s8[a:b]) for a, b in zip(cuts, cuts[1:])]
+    for f in futs:
+        f.result()
 
 
 def _to_store(r, store, L: int, m: int, t0: int, tensors) -> None:

@@ -50,6 +50,11 @@ class EngineOptions:
     xclbin: str = ""
     pyxrt_emulation: bool = False  # use inf2hw.csd.pyxrt_emu (the g++ kernel) instead of XRT
     csd_timeout_s: float = 10.0  # a CSD with no progress for this long is reported as stalled
+    csd_threads: int = 0  # torch threads per emulated CSD worker; 0: its share of the cores (`csd_threads_for`)
+    cpu_threads: int = 0  # torch threads of the engine's CPU-attention thread; 0: torch's default for a new thread
+    pin_host_kv: Optional[bool] = None  # CUDA: host KV and X-cache stores pinned when they fit; None: on for cuda
+    copy_threads: int = 4  # threads copying the prompt's K,V into a pageable host store (FlexGen uses 4)
+    weights_init: str = "random"  # no checkpoint: random (exact tests) | repeated (benchmarks: one block copied per layer)
 
 
 def options_from_cfg(cfg) -> EngineOptions:
@@ -61,7 +66,20 @@ def options_from_cfg(cfg) -> EngineOptions:
                          str(csd.get("compute", "torch")), str(csd.get("direct_io", "auto")),
                          csd_backend=str(csd.get("backend", "emulated")), smartssd=cards,
                          xclbin=str(ss.get("xclbin", "")), pyxrt_emulation=bool(ss.get("emulate", False)),
-                         csd_timeout_s=float(csd.get("timeout_s", 10.0)))
+                         csd_timeout_s=float(csd.get("timeout_s", 10.0)), csd_threads=int(csd.get("threads", 0) or 0))
+
+
+def csd_threads_for(opts: EngineOptions, csd_count: int) -> int:
+    """Torch threads of each emulated CSD worker: `opts.csd_threads`, or by default its share of
+    this process's cores (at least 1), never more than this process's own torch threads (a
+    run pinned to N threads, e.g. by `inf2 validate`, keeps its CSDs within N too)."""
+    if opts.csd_threads > 0:
+        return opts.csd_threads
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(torch.get_num_threads(), cores // max(1, csd_count)))
 
 
 def load_prompts(spec: RunSpec) -> torch.Tensor:
@@ -95,6 +113,8 @@ def _check(spec: RunSpec, opts: EngineOptions) -> None:
         raise SpecError(f"workload.prompt_len + gen_len = {need} exceeds model.max_positions={spec.model.max_positions}")
     if spec.policy.weights.storage > 0:
         raise SpecError("policy.weights.storage > 0 is not supported by the real engine (weights stream from host DRAM)")
+    if opts.weights_init not in ("random", "repeated"):
+        raise SpecError(f"weights_init={opts.weights_init!r} is not allowed; choose one of random, repeated")
 
 
 def run_engine(spec: RunSpec, opts: EngineOptions, out_dir: Optional[str] = None, prompts: Optional[torch.Tensor] = None,
@@ -113,13 +133,16 @@ def run_engine(spec: RunSpec, opts: EngineOptions, out_dir: Optional[str] = None
         plan, builder = build_plan(spec.model, spec.workload, spec.hardware, spec.policy)
         wl = spec.workload
     cdt = DTYPES[opts.dtype]
-    weights = _weights(spec, cdt, opts.device)
+    weights = _weights(spec, cdt, opts.device, opts.weights_init)
     out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="inf2-run-"))
     out.mkdir(parents=True, exist_ok=True)
     work = out / "kv"
     lay = builder.layout
     cap = wl.prompt_len + wl.gen_len
-    ctx = EngineContext(spec, weights, opts.device, cdt, cdt, prompts, lay)
+    cuda = opts.device.startswith("cuda")
+    ctx = EngineContext(spec, weights, opts.device, cdt, cdt, prompts, lay,
+                        pin_host=cuda and (opts.pin_host_kv is None or opts.pin_host_kv),
+                        cpu_threads=opts.cpu_threads, copy_threads=opts.copy_threads)
     dirs = [str(Path(d)) for d in opts.csd_dirs] or [str(work)]
     kvh, d = md.num_kv_heads, md.head_dim
     if builder.kv_on == "host":
@@ -182,20 +205,24 @@ def run_engine(spec: RunSpec, opts: EngineOptions, out_dir: Optional[str] = None
     return tokens, engine.runner.last_logits, m, spans
 
 
-def _weights(spec: RunSpec, dtype: torch.dtype, device: str):
+def _weights(spec: RunSpec, dtype: torch.dtype, device: str, init: str = "random"):
     md = spec.model
     if md.checkpoint:
         from .weights import load_checkpoint
 
         w = load_checkpoint(md, md.checkpoint, dtype=dtype)
+    elif init == "repeated":
+        w = M.init_repeated(md, seed=spec.workload.seed, dtype=dtype)
     else:
         w = M.init_random(md, seed=spec.workload.seed, dtype=dtype)
     if device.startswith("cuda"):
-        w = w.pin_memory()
+        resident = spec.policy.weights.gpu >= 1.0
+        if not resident:
+            w = w.pin_memory()  # layers stream to the GPU every step: DMA from page-locked memory
         dev = M.Weights(md, w.embed.to(device), w.final_norm.to(device), w.lm_head.to(device), w.layers,
                         None if w.pos_embed is None else w.pos_embed.to(device),
                         None if w.final_norm_b is None else w.final_norm_b.to(device))
-        if spec.policy.weights.gpu >= 1.0:
+        if resident:  # copied once, before the clock: pinning them first would only cost setup time
             dev.layers = [lw.to(device) for lw in w.layers]
         return dev
     return w
@@ -213,6 +240,7 @@ def _make_csds(spec: RunSpec, builder, opts: EngineOptions, dirs: List[str], dty
         raise SpecError(f"csd.smartssd.cards lists {len(opts.smartssd)} cards; hardware.csd_count={spec.hardware.csd_count} needs one {{bdf, mount}} per CSD")
     out = into
     name = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+    threads = csd_threads_for(opts, spec.hardware.csd_count)
     for i in range(spec.hardware.csd_count):
         r0, r1 = lay.csd_rows(i)
         if r1 <= r0:  # no rows for this CSD (e.g. the X-cache took them): the plan never uses it
@@ -230,7 +258,7 @@ def _make_csds(spec: RunSpec, builder, opts: EngineOptions, dirs: List[str], dty
             bdf, mount = opts.smartssd[i]
             out.append(smartssd.SmartSsdCsd(cfg, bdf, mount, opts.xclbin, pyxrt_module=emu))
         else:
-            out.append(EmulatedCsd(cfg))
+            out.append(EmulatedCsd(cfg, compute_threads=threads))
     return out
 
 

@@ -6,10 +6,15 @@ CPU torch tensors in the storage dtype; positions are token indices.
 
   MemStore   rows x capacity x width per (layer, micro-batch), in host memory
              (FLEX(DRAM) KV, GPU-resident KV when it lives on the device, X-cache v1).
-             `pin_memory=True` (set by the engine on CUDA for stores it copies to the
-             GPU every step) allocates page-locked memory, so those copies are DMA at
-             full link speed and asynchronous; `preallocate` allocates every
-             (layer, mb) up front, before the run's clock starts.
+             `pin_memory=True` (set by the engine on CUDA for stores the GPU copies to
+             or from, `inf2hw.ops.OpRunner`) makes `preallocate` allocate every
+             (layer, mb) up front, before the run's clock starts, in page-locked memory,
+             so those copies are DMA at full link speed and asynchronous. The pinned
+             memory comes in power-of-two chunks (torch's pinned allocator rounds every
+             allocation up to a power of two: a 338 MB tensor would take 512 MB), each
+             holding several (layer, mb) tensors. When the store does not fit beside
+             what the machine needs (`pinned_fits`) or pinning fails, it stays pageable
+             (`pin_memory` back to False) and the engine takes its host-copy paths.
   DiskStore  the same rows sliced over several files (one per drive, FlexGen's
              RAID0 stand-in: drive i holds a contiguous slice of rows), token-major
              per (layer, mb) so a history read is one contiguous pread per drive and a
@@ -19,14 +24,67 @@ CPU torch tensors in the storage dtype; positions are token indices.
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
+import warnings
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
 from inf2sim.layout import split_even
+
+
+PIN_CHUNK_BYTES = 1 << 30  # pinned chunks: a power of two, so the allocator's rounding wastes nothing
+PIN_ALIGN = 4096  # every tensor in a chunk starts on a page
+PIN_HEADROOM = 0.25  # share of the host's available memory never pinned (the OS, CSD processes, page cache)
+PIN_RESERVE_BYTES = 4 << 30  # ... and at least this much
+
+
+def available_host_bytes() -> Optional[int]:
+    """MemAvailable from /proc/meminfo, or None where there is none."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def pinned_fits(nbytes: int) -> bool:
+    """Whether `nbytes` of page-locked memory leaves the machine enough to run: at most
+    (1 - PIN_HEADROOM) of the available memory, and PIN_RESERVE_BYTES left over."""
+    avail = available_host_bytes()
+    if avail is None:
+        return False
+    return nbytes <= min((1.0 - PIN_HEADROOM) * avail, avail - PIN_RESERVE_BYTES)
+
+
+def _pinned_bytes(nbytes: int) -> torch.Tensor:
+    return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+
+
+def pinned_empty(count: int, shape: Tuple[int, ...], dtype: torch.dtype, alloc=None) -> List[torch.Tensor]:
+    """`count` uninitialised page-locked tensors of `shape`, carved from power-of-two
+    chunks (PIN_CHUNK_BYTES, or one power of two per tensor when a tensor is larger)
+    that `alloc(nbytes)` returns as uint8 tensors (default: torch's pinned allocator).
+    Raises RuntimeError when page-locked memory cannot be allocated."""
+    alloc = alloc or _pinned_bytes
+    item = torch.empty((), dtype=dtype).element_size()
+    nbytes = math.prod(shape) * item
+    step = -(-max(nbytes, 1) // PIN_ALIGN) * PIN_ALIGN
+    chunk = max(PIN_CHUNK_BYTES, 1 << (step - 1).bit_length())
+    per_chunk = chunk // step
+    out: List[torch.Tensor] = []
+    while len(out) < count:
+        k = min(per_chunk, count - len(out))
+        size = 1 << (k * step - 1).bit_length()  # the last chunk: the smallest power of two that holds the rest
+        buf = alloc(size)
+        out += [buf[i * step:i * step + nbytes].view(dtype).view(shape) for i in range(k)]
+    return out
 
 
 class MemStore:
@@ -38,20 +96,46 @@ class MemStore:
         self.pin_memory = False
         self.data: Dict[Tuple[int, int], List[torch.Tensor]] = {}
 
+    @property
+    def tensor_bytes(self) -> int:
+        return self.rows * self.capacity * self.width * torch.empty((), dtype=self.dtype).element_size()
+
     def _get(self, layer: int, mb: int) -> List[torch.Tensor]:
         key = (layer, mb)
         if key not in self.data:
             n = 2 if self.pairs else 1
-            pin = self.pin_memory and str(self.device) == "cpu"
+            pin = self.pin_memory and str(self.device) == "cpu"  # pinned stores are preallocated; this is a stray key
             self.data[key] = [torch.empty(self.rows, self.capacity, self.width, dtype=self.dtype, device=self.device,
                                           pin_memory=pin) for _ in range(n)]
         return self.data[key]
 
-    def preallocate(self, num_layers: int, num_mbs: int) -> None:
-        """Allocate every (layer, mb) now (pinned allocations touch their pages)."""
-        for layer in range(num_layers):
-            for mb in range(num_mbs):
-                self._get(layer, mb)
+    def preallocate(self, num_layers: int, num_mbs: int) -> bool:
+        """Allocate every (layer, mb) now: page-locked if `pin_memory` (and it fits and
+        pinning works; else `pin_memory` goes back to False and nothing is allocated
+        here: pageable tensors come on first use). Returns whether the store is pinned."""
+        if not self.pin_memory or str(self.device) != "cpu":
+            self.pin_memory = False
+            return False
+        keys = [(layer, mb) for layer in range(num_layers) for mb in range(num_mbs) if (layer, mb) not in self.data]
+        n = 2 if self.pairs else 1
+        need = len(keys) * n * self.tensor_bytes
+        if not pinned_fits(need):
+            warnings.warn(f"host store of {need / 1e9:.1f} GB not pinned: it does not fit beside "
+                          f"{(available_host_bytes() or 0) / 1e9:.1f} GB available (copies go through host memory)")
+            self.pin_memory = False
+            return False
+        try:
+            ts = pinned_empty(len(keys) * n, (self.rows, self.capacity, self.width), self.dtype)
+        except RuntimeError as e:  # cudaHostAlloc failed (locked-memory limit, no memory): stay pageable
+            warnings.warn(f"host store of {need / 1e9:.1f} GB not pinned ({' '.join(str(e).split())[:200]})")
+            self.pin_memory = False
+            empty = getattr(torch._C, "_host_emptyCache", None)
+            if empty is not None:
+                empty()  # give back the chunks already pinned
+            return False
+        for i, key in enumerate(keys):
+            self.data[key] = ts[i * n:(i + 1) * n]
+        return True
 
     def write(self, layer: int, mb: int, t0: int, *tensors: torch.Tensor) -> None:
         """tensors: [rows, n, width] each, stored at positions t0 .. t0+n."""

@@ -152,6 +152,8 @@ class EmulatedCsd:
 
     def __init__(self, cfg: CsdConfig, *, compute_threads: int = 1, arena_mib: float = 256.0,
                  start_timeout_s: float = 120.0):
+        """compute_threads: torch threads of the worker's I/O and compute threads (the engine
+        gives each CSD its share of the cores, `inf2hw.run.csd_threads_for`)."""
         check_config(cfg)
         self.index, self.cfg = cfg.index, cfg
         self.geom = g = KvGeometry.from_config(cfg)

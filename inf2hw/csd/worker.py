@@ -13,7 +13,10 @@ Threads:
   io                      store (pwrite from the arena, via a bounce buffer under
                           O_DIRECT) and load (pread into an aligned staging buffer),
                           FIFO, so a load sees every store queued before it.
-  compute                 attend (waits for its bound load) and fetch, FIFO.
+  compute                 attend (waits for its bound load) and fetch, FIFO. Torch
+                          attention runs in pieces of rows (`inf2hw.ops.cpu_attention`,
+                          fp32 buffers reused across calls) on `threads` torch threads,
+                          set on each thread itself (OpenMP teams are per thread).
 So the load of layer l+1 runs while layer l attends. Each load takes a staging buffer
 (K and V [rows, cap_pad, head_dim] in the storage dtype, mmap-aligned) from a free list;
 the attend that consumes the load gives it back, and a load superseded before any
@@ -43,12 +46,42 @@ from .base import CsdConfig
 from .kvfile import KvFiles, KvGeometry, ReadRateCap, aligned_buffer, kv_paths, remove_files
 
 TORCH_DTYPE = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+ATTN_PIECE_BYTES = 4 << 20  # fp32 K (or V) of one piece of the worker's attention: stays in cache with 8 workers'
 
 
 def tensor_at(u8: np.ndarray, off: int, dtype: torch.dtype, shape: Tuple[int, ...]) -> torch.Tensor:
     """A torch view of `shape`/`dtype` on bytes [off, ...) of a uint8 arena (no copy)."""
     n = int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
     return torch.from_numpy(u8[off:off + n]).view(dtype).view(shape)
+
+
+def piece_rows(n: int, head_dim: int) -> int:
+    """Rows per piece of the worker's attention over n tokens: fp32 K of a piece within
+    `ATTN_PIECE_BYTES` (3 rows at ctx 2064, d 128; one row from ctx 8192)."""
+    return max(1, ATTN_PIECE_BYTES // max(1, n * head_dim * 4))
+
+
+def torch_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n: int, tail: Optional[tuple],
+                    ws=None, rows_per_piece: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A worker's torch attend: q [rows, group, d] over the first n tokens of k, v
+    [rows, cap, d] (storage dtype) and the tail (None | ("kv", k_tail, v_tail) |
+    ("scores", s [rows, group, tail] fp32, v_tail)) -> (out [rows, group, d], lse
+    [rows, group]) fp32. fp16/bf16 K,V go through `inf2hw.ops.cpu_attention` in pieces of
+    `rows_per_piece` rows (default: `piece_rows`) with the worker's reused fp32 buffers
+    `ws` (a fresh fp32 copy of the whole K and V per call ran at ~0.5 GB/s on one core,
+    pieces at ~4 GB/s: benchmarks/csd_attention.py); fp32 K,V take `inf2hw.attention`
+    itself (bit-for-bit what the worker computed before pieces)."""
+    from ..attention import tail_scores
+    from ..ops import cpu_attention
+
+    q4, k, v = q.unsqueeze(2), k[:, :n], v[:, :n]  # q4 [rows, group, 1, d]; k, v [rows, n, d]
+    rows_per_piece = rows_per_piece or piece_rows(n, q.shape[-1])
+    if tail is None:
+        out, lse = cpu_attention(q4, k, v, rows_per_piece, ws)
+    else:
+        s = tail_scores(q4, tail[1]) if tail[0] == "kv" else tail[1].unsqueeze(2)  # [rows, group, 1, tail]
+        out, lse = cpu_attention(q4, k, v, rows_per_piece, ws, scores_tail=s, v_tail=tail[2])
+    return out.squeeze(2), lse.squeeze(2)  # [rows, group, d], [rows, group]
 
 
 class _Job:
@@ -69,7 +102,8 @@ class CsdWorker:
         self.conn, self.cfg, self.direct = conn, cfg, direct
         self.geom = KvGeometry.from_config(cfg)
         self.dtype = TORCH_DTYPE[cfg.dtype]
-        torch.set_num_threads(max(1, threads))
+        self.threads = max(1, threads)
+        torch.set_num_threads(self.threads)
         self.shms = [shared_memory.SharedMemory(name=down_name), shared_memory.SharedMemory(name=up_name)]
         self.down = np.ndarray((self.shms[0].size,), np.uint8, buffer=self.shms[0].buf)
         self.up = np.ndarray((self.shms[1].size,), np.uint8, buffer=self.shms[1].buf)
@@ -84,11 +118,16 @@ class CsdWorker:
         self.loads: Dict[tuple, _Job] = {}  # (layer, mb) -> latest load no attend consumed yet
         self.queries: Dict[tuple, tuple] = {}  # (layer, mb) -> (q, tail) staged by send_query
         self.attends: Dict[tuple, _Job] = {}  # (layer, mb) -> latest attend no fetch consumed yet
+        self.attn_ws = None  # reused fp32 buffers of attend_torch (compute thread only)
         if cfg.compute == "hls":
             from . import hls_kernel
 
             hls_kernel.load_library()  # build/load now, not inside the first attend
             self.hls_attention = hls_kernel.hls_attention
+        else:
+            from ..ops import AttnWorkspace
+
+            self.attn_ws = AttnWorkspace()
 
     # -------------------------------------------------------------- plumbing
     def reply(self, *msg) -> None:
@@ -108,6 +147,7 @@ class CsdWorker:
         self.reply("done", job.seq, start, time.perf_counter(), error)
 
     def run_queue(self, q: "queue.Queue[Optional[_Job]]") -> None:
+        torch.set_num_threads(self.threads)  # OpenMP teams are per thread: this thread's own, not the env's default
         while True:
             job = q.get()
             if job is None:
@@ -185,16 +225,7 @@ class CsdWorker:
             self.give_back(load)
 
     def attend_torch(self, q, k, v, n, tail):
-        from ..attention import attend_partial, attend_with_scores, tail_scores
-
-        q4, k, v = q.unsqueeze(2), k[:, :n], v[:, :n]  # q4 [rows, group, 1, d]; k, v [rows, n, d]
-        if tail is None:
-            out, lse = attend_partial(q4, k, v)
-        elif tail[0] == "kv":
-            out, lse = attend_with_scores(q4, k, v, tail_scores(q4, tail[1]), tail[2])
-        else:
-            out, lse = attend_with_scores(q4, k, v, tail[1].unsqueeze(2), tail[2])
-        return out.squeeze(2), lse.squeeze(2)  # [rows, group, d], [rows, group]
+        return torch_attention(q, k, v, n, tail, self.attn_ws)
 
     def attend_hls(self, q, k, v, n, tail):
         if tail is None:
