@@ -196,17 +196,9 @@ def child_measure(a) -> None:
     torch.set_num_threads(1)
     q1, k1, v1 = q[:32], k[:32], v[:32]
     res["cpu_attention_1core_gbps"] = 2 * k1.numel() * k1.element_size() / _best(lambda: cpu_attention(q1, k1, v1)) / 1e9
-    # an emulated CSD's attention (the worker's own function) on its share of rows, at its thread count
-    from inf2hw.csd.worker import torch_attention
-    from inf2hw.ops import AttnWorkspace
-
-    ct = _csd_threads(a)
-    torch.set_num_threads(ct)
-    rc = max(1, a.gbs * md.num_kv_heads // a.csds)
-    qc, kc, vc = q[:rc, :, 0], k[:rc], v[:rc]
-    ws = AttnWorkspace()
-    res["csd_attention_gbps"] = 2 * kc.numel() * kc.element_size() / _best(lambda: torch_attention(qc, kc, vc, ctx, None, ws)) / 1e9
-    res["csd_threads"] = ct
+    res["csd_threads"] = _csd_threads(a)
+    torch.set_num_threads(res["csd_threads"])
+    res["csd_attention_gbps"] = csd_attention_gbps(q, k, v, max(1, a.gbs * md.num_kv_heads // a.csds))
     torch.set_num_threads(nt)
     a1 = torch.randn(2048, 2048)
     res["cpu_fp32_gflops"] = 2 * 2048 ** 3 / _best(lambda: torch.mm(a1, a1)) / 1e9
@@ -246,6 +238,18 @@ def child_measure(a) -> None:
         res["gpu_memory_gb"] = torch.cuda.get_device_properties(0).total_memory / 1e9
     Path(a.json_out).write_text(json.dumps(res, indent=2))
     print("measured:", json.dumps(res), flush=True)
+
+
+def csd_attention_gbps(q, k, v, rows: int) -> float:
+    """An emulated CSD's attention (the worker's own function) over `rows` of q [., G, 1, d],
+    k, v [., ctx, d], in GB/s of K,V, at the calling thread's torch threads."""
+    from inf2hw.csd.worker import torch_attention
+    from inf2hw.ops import AttnWorkspace
+
+    qc, kc, vc = q[:rows, :, 0], k[:rows], v[:rows]
+    ws = AttnWorkspace()
+    t = _best(lambda: torch_attention(qc, kc, vc, kc.shape[1], None, ws))
+    return 2 * kc.numel() * kc.element_size() / t / 1e9
 
 
 def _csd_threads(a) -> int:

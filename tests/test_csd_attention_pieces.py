@@ -154,3 +154,14 @@ def test_csd_threads():
     auto = csd_threads_for(EngineOptions(), 8)
     assert 1 <= auto <= max(1, torch.get_num_threads())
     assert csd_threads_for(EngineOptions(), 10**6) == 1
+
+
+def test_padded_rows_fill_a_store_row_block():
+    """The prompt's rows padded to the store's capacity (CUDA: one DMA into a pinned store)."""
+    from inf2hw.ops_io import _padded
+
+    x = torch.randn(3, 2048, 8).transpose(0, 1).transpose(0, 1)  # a view, as the model's K may be
+    p = _padded(x, 2064)
+    assert p.shape == (3, 2064, 8) and p.is_contiguous() and torch.equal(p[:, :2048], x)
+    assert _padded(x, 2048).shape == (3, 2048, 8)
+    assert _padded(x, 4096).shape == (3, 2048, 8)  # half the block would be padding: no
