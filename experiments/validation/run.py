@@ -64,13 +64,13 @@ def cache_weights() -> None:
 
     make, cache = R._weights, {}
 
-    def weights(spec, dtype, device):
+    def weights(spec, dtype, device, *rest):
         if spec.model.checkpoint:
-            return make(spec, dtype, device)
-        key = (spec.model, spec.workload.seed, dtype, device, spec.policy.weights)
+            return make(spec, dtype, device, *rest)
+        key = (spec.model, spec.workload.seed, dtype, device, spec.policy.weights, *rest)
         if key not in cache:
             cache.clear()  # one model's weights at a time
-            cache[key] = make(spec, dtype, device)
+            cache[key] = make(spec, dtype, device, *rest)
         return cache[key]
 
     R._weights = weights
@@ -127,6 +127,30 @@ def main() -> None:
     from inf2hw.validate import engine_spec, measure_once
 
     results, failures, t0 = [], [], time.time()
+    def write_tables() -> int:
+        """table.md + results.json of the configs done so far (rewritten after each: a cut run keeps them)."""
+        cmd = "python " + " ".join([str(Path(sys.argv[0]).resolve().relative_to(ROOT))] + sys.argv[1:])
+        ok = sum(r.ok() for r in results)
+        head = [f"# Validation on `{hw_name}`: engine (backend=emu) vs DES (backend=sim)", "",
+                f"Command: `{cmd}`  ", f"Date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}  ",
+                f"Machine: {platform.node()} {platform.machine()}, device={a.device}, dtype={a.dtype}, "
+                f"csd.direct_io={a.direct_io}, engine runs per config {a.repeat} x {a.passes} pass(es) (median run compared), "
+                f"batch {a.batch}, gen {a.gen}, torch threads {torch.get_num_threads()}  ",
+                f"Error = simulated / measured - 1 (total tokens/s). Per-op-kind MAPE over ops matched by name with a "
+                f"measured duration >= {a.floor_ms:g} ms. Within bounds: |error| <= 10 % and every kind's MAPE <= 20 %.  ",
+                f"{ok} of {len(results)} configurations within bounds"
+                + (f" ({len(failures)} more did not run, listed below)." if failures else "."), ""]
+        body = [results_table(results), ""]
+        if failures:
+            body += ["Configurations that did not run:", ""] + [f"- {lab}: `{msg}`" for lab, msg in failures] + [""]
+        body += ["## Per-op-kind errors", ""]
+        for r in results:
+            body += [f"### {r.config}", "", kinds_table(r), ""]
+        (out / "table.md").write_text("\n".join(head + body))
+        (out / "results.json").write_text(json.dumps({"command": cmd, "results": [r.to_dict() for r in results],
+                                                      "failures": failures}, indent=2))
+        return ok
+
     configs = [(m, int(p), pol) for m in a.models.split(",") for p in a.prompts.split(",")
                for pol in a.policies.split(",")]
     for k in range(1, a.passes if not a.resim else 1):  # extra passes first; the last pass compares
@@ -172,32 +196,14 @@ def main() -> None:
                     print(f"[{time.time() - t0:6.0f} s] {label}: FAILED {msg}", flush=True)
                     continue
                 results.append(r)
+                write_tables()
                 print(f"[{time.time() - t0:6.0f} s] {label}: measured {r.measured_tok_s:.3f} simulated "
                       f"{r.simulated_tok_s:.3f} tok/s error {100 * r.error:+.1f} % worst kind "
                       f"{r.worst_kind()} {100 * (r.worst_mape or 0):.1f} % ({time.time() - t1:.0f} s, load "
                       f"{r.load_avg[0]:.1f}/{r.load_avg[1]:.1f})", flush=True)
                 if a.png and a.png in label:
                     shutil.copy(r.png, out / f"timeline_{label.replace(' ', '_')}.png")
-    cmd = "python " + " ".join([str(Path(sys.argv[0]).resolve().relative_to(ROOT))] + sys.argv[1:])
-    ok = sum(r.ok() for r in results)
-    head = [f"# Validation on `{hw_name}`: engine (backend=emu) vs DES (backend=sim)", "",
-            f"Command: `{cmd}`  ", f"Date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}  ",
-            f"Machine: {platform.node()} {platform.machine()}, device={a.device}, dtype={a.dtype}, "
-            f"csd.direct_io={a.direct_io}, engine runs per config {a.repeat} x {a.passes} pass(es) (median run compared), "
-            f"batch {a.batch}, gen {a.gen}, torch threads {torch.get_num_threads()}  ",
-            f"Error = simulated / measured - 1 (total tokens/s). Per-op-kind MAPE over ops matched by name with a "
-            f"measured duration >= {a.floor_ms:g} ms. Within bounds: |error| <= 10 % and every kind's MAPE <= 20 %.  ",
-            f"{ok} of {len(results)} configurations within bounds"
-            + (f" ({len(failures)} more did not run, listed below)." if failures else "."), ""]
-    body = [results_table(results), ""]
-    if failures:
-        body += ["Configurations that did not run:", ""] + [f"- {lab}: `{msg}`" for lab, msg in failures] + [""]
-    body += ["## Per-op-kind errors", ""]
-    for r in results:
-        body += [f"### {r.config}", "", kinds_table(r), ""]
-    (out / "table.md").write_text("\n".join(head + body))
-    (out / "results.json").write_text(json.dumps({"command": cmd, "results": [r.to_dict() for r in results],
-                                                  "failures": failures}, indent=2))
+    ok = write_tables()
     if a.tar:
         import tarfile
 
