@@ -60,6 +60,7 @@ class OpRunner:
                                       initializer=torch.set_num_threads if threads else None, initargs=threads)
         self._copy: Optional[ThreadPoolExecutor] = None  # relay -> pageable store copies (`copy_pool`)
         self.attn_ws = AttnWorkspace()  # used by the CPU attention thread only
+        self.join_bufs: Dict[str, torch.Tensor] = {}  # K, V of the drives joined with the new token (`_join_drives`)
         self.x: Dict[int, torch.Tensor] = {}  # mb -> [mb, t, hidden] current hidden state
         self.xin: Dict[Tuple[int, int], torch.Tensor] = {}  # (L, mb) -> layer input X
         self.qkv: Dict[Tuple[int, int], Tuple[torch.Tensor, ...]] = {}  # device q, k, v
@@ -260,11 +261,33 @@ class OpRunner:
         if self.c.host_kv is not None:
             K, V = self.c.host_kv.read(L, m, ctx)
         else:
-            hist = [self.staged.pop(("kvr", i, L, m)) for i in range(len(self.c.disk_kv.dirs))]
-            K = torch.cat([torch.cat([h[0] for h in hist]), kn], dim=1) if hist else kn
-            V = torch.cat([torch.cat([h[1] for h in hist]), vn], dim=1) if hist else vn
+            K, V = self._join_drives(L, m, kn, vn, ctx)
         out, lse = cpu_attention(qr, K, V, ws=self.attn_ws)
         self.parts.setdefault((L, m), []).append(("rows", 0, qr.shape[0], out, lse))
+
+    def _join_drives(self, L: int, m: int, kn: torch.Tensor, vn: torch.Tensor, ctx: int):
+        """The drives' history rows (staged by the kvr reads) and the new token kn, vn
+        [rows, 1, d] -> K, V [rows, ctx, d], contiguous, in two reused buffers of the
+        storage dtype (the CPU-attention thread is the only user); each drive's read
+        buffer goes back to its pool. The same values as concatenating them."""
+        disk = self.c.disk_kv
+        rows, d = kn.shape[0], kn.shape[-1]
+        out = []
+        for name, new in (("k", kn), ("v", vn)):
+            n = rows * ctx * d
+            buf = self.join_bufs.get(name)
+            if buf is None or buf.numel() < n or buf.dtype != new.dtype:
+                buf = self.join_bufs[name] = torch.empty(n, dtype=new.dtype)
+            full = buf[:n].view(rows, ctx, d)
+            full[:, ctx - 1:].copy_(new)
+            out.append(full)
+        for i in range(len(disk.dirs)):
+            views, rbuf = self.staged.pop(("kvr", i, L, m))
+            lo, hi = disk.slices[i]
+            out[0][lo:hi, :ctx - 1].copy_(views[0])
+            out[1][lo:hi, :ctx - 1].copy_(views[1])
+            disk.release(i, rbuf)
+        return out[0], out[1]
 
     def _tail_scores(self, op: Attention):
         L, m = op.layer, op.mb

@@ -259,7 +259,7 @@ def transfer(r, op: Transfer, tag: str):
         i = int(tag[3:])
 
         def read():
-            r.staged[("kvr", i, L, m)] = r.c.disk_kv.read(i, L, m, r.ctx_len() - 1)
+            r.staged[("kvr", i, L, m)] = r.c.disk_kv.read_pooled(i, L, m, r.ctx_len() - 1)  # (views, buffer)
 
         return r.io.submit(read)
     if tag.startswith("kvw"):

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import threading
 import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -159,6 +160,8 @@ class DiskStore:
         self.item = torch.empty(0, dtype=dtype).element_size()
         self.num_mbs, self.n = num_mbs, (2 if pairs else 1)
         self.fds = []
+        self._pool: List[List[torch.Tensor]] = [[] for _ in self.dirs]  # read_pooled buffers per drive
+        self._pool_lock = threading.Lock()
         self.paths = [d / f"{name}_drive{i}.bin" for i, d in enumerate(self.dirs)]
         for d, path in zip(self.dirs, self.paths):
             d.mkdir(parents=True, exist_ok=True)
@@ -186,7 +189,28 @@ class DiskStore:
     def read(self, i: int, layer: int, mb: int, t1: int) -> List[torch.Tensor]:
         """Positions [0, t1) of drive i's rows: [rows_i, t1, d] per stored tensor (one pread)."""
         lo, hi = self.slices[i]
-        t = torch.empty(t1, hi - lo, self.n, self.d, dtype=self.dtype)
+        return self._read_into(torch.empty(t1, hi - lo, self.n, self.d, dtype=self.dtype), i, layer, mb)
+
+    def read_pooled(self, i: int, layer: int, mb: int, t1: int) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        """`read` into a reused buffer of drive i (capacity tokens): (views, buffer); the
+        caller hands the buffer back with `release` once it has consumed the views. A fresh
+        tens-of-MB tensor per read costs page faults on every call, and on a many-core
+        host several I/O threads faulting at once serialise on the process's memory map
+        (84 MB reads of OPT-13B rows ran at 0.3 GB/s per thread on the H100 machine)."""
+        lo, hi = self.slices[i]
+        with self._pool_lock:
+            buf = self._pool[i].pop() if self._pool[i] else None
+        if buf is None:
+            buf = torch.empty(self.capacity, hi - lo, self.n, self.d, dtype=self.dtype)
+        return self._read_into(buf[:t1], i, layer, mb), buf
+
+    def release(self, i: int, buf: torch.Tensor) -> None:
+        """Give back a buffer of `read_pooled` on drive i."""
+        with self._pool_lock:
+            self._pool[i].append(buf)
+
+    def _read_into(self, t: torch.Tensor, i: int, layer: int, mb: int) -> List[torch.Tensor]:
+        """t [t1, rows_i, pairs, d] (contiguous) <- one pread; views [rows_i, t1, d] per stored tensor."""
         view = memoryview(t.view(torch.uint8).numpy()).cast("B")
         off, got = self._base(i, layer, mb), 0
         while got < len(view):  # one preadv straight into the tensor (no bytes object in between)
