@@ -115,7 +115,7 @@ class Engine:
         self.gpu_end: Dict[str, tuple] = {}  # op -> (stream, end event) of GPU ops of this and the last step
         self.gpu_spans: List[tuple] = []  # (op, start event, end event) to resolve at the step's end
         self._heap: List[tuple] = []
-        self._order: Dict[str, int] = {}
+        self._order: Dict[str, tuple] = {}  # op -> heap key (prefetch first, then plan order)
         self._ops: Dict[str, Op] = {}
         self._spans: List[Span] = []
         self._unfinished: set = set()
@@ -129,7 +129,7 @@ class Engine:
             self.clock = _CudaClock(self.now) if self.runner.cuda else None
         self.runner.step = step.step
         self._ops = {op.name: op for op in step.ops}
-        self._order = {op.name: i for i, op in enumerate(step.ops)}
+        self._order = {op.name: (0 if _prefetch(op) else 1, i) for i, op in enumerate(step.ops)}
         self._heap, self._spans = [], []
         self.missing.clear()
         self.waiters.clear()
@@ -139,7 +139,7 @@ class Engine:
         self._unfinished = unfinished
         for op in step.ops:
             csd = self.runner.csd_of(op)
-            miss = {d for d in (*op.deps, *self.runner.extra_deps(op)) if self._pending(d, csd)}
+            miss = {d for d in op.deps if self._pending(d, csd)}
             if miss:
                 self.missing[op.name] = miss
                 for d in miss:
@@ -241,7 +241,7 @@ class Engine:
 
     def _start_gpu(self, op: Op, stream) -> None:
         """Enqueue op's GPU work on `stream` after the events that end its deps on other streams."""
-        for d in op.deps + self.runner.extra_deps(op):
+        for d in op.deps:
             got = self.gpu_end.get(d)
             if got is not None and got[0] != stream:
                 stream.wait_event(got[1])
@@ -310,3 +310,11 @@ class Engine:
         except CsdError as err:
             raise EngineError(f"{op.name}: {err}") from None
         self._finish(op, res, max(start, s - self.t0), e - self.t0)
+
+
+def _prefetch(op: Op) -> bool:
+    """Copies into the GPU that wait only on GPU-side events (weights, X-cache loads): they
+    leave the ready heap ahead of plan order, so a host-side wait later in a layer (a query
+    or an attention result crossing to the host) never holds back the next layers' prefetch
+    (the copy streams then run beside the compute stream, as the plan's deps allow)."""
+    return isinstance(op, Transfer) and op.dst == "gpu" and op.what in ("weights", "x")

@@ -33,11 +33,11 @@ import torch
 
 from inf2sim.layout import keeps_x
 from inf2sim.plan import Attention, DenseCompute, Op, Spill, Transfer
+from inf2sim.policies.ans import X_RING  # GPU buffers of X per micro-batch (the plan chains the loads)
 
 from . import attention as A
 from . import model as M
 
-X_RING = 2  # GPU buffers of X per micro-batch: the load of layer L waits for the layer L - X_RING that used its buffer
 CPU_ATTN_ROWS = 16  # rows per piece of CPU attention: a piece's fp32 copies of K and V stay in cache
 
 
@@ -142,14 +142,6 @@ class OpRunner:
         from .csd.emulated import EmulatedCsd
 
         return i if i < len(self.c.csds) and isinstance(self.c.csds[i], EmulatedCsd) else None
-
-    def extra_deps(self, op: Op) -> Tuple[str, ...]:
-        """Engine-side resource deps the plan leaves out: an X load waits until the
-        layer that last used its GPU buffer (X_RING layers back) has consumed it."""
-        if self.cuda and isinstance(op, Transfer) and op.dst == "gpu" and tag_of(op) == "xload" and op.layer >= X_RING:
-            use = "kv_regen" if keeps_x(self.md) else "attn.gpu"
-            return (f"s{op.step}.L{op.layer - X_RING}.m{op.mb}.{use}",)
-        return ()
 
     # ------------------------------------------------------------------ start
     def start(self, op: Op):

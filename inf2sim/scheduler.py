@@ -27,11 +27,12 @@ class StepOps:
     build ops positionally and `put` them, naming them `prefix(layer, mb) + tag`
     (the f-string and keyword handling cost more than the op itself)."""
 
-    __slots__ = ("step", "ops", "_prefix")
+    __slots__ = ("step", "ops", "_prefix", "last")
 
     def __init__(self, step: int):
         self.step = step
         self.ops: List[Op] = []
+        self.last: Dict[str, str] = {}  # queue (e.g. a copy stream) -> its last op so far, for FIFO chains
         self._prefix: Dict[Tuple[int, int], str] = {}
 
     def prefix(self, layer: int, mb: int) -> str:

@@ -48,8 +48,8 @@ def main() -> None:
 
     from inf2hw.loop import pin_threads
 
-    probe = build_spec(a.models.split(",")[0] if hasattr(a, "models") else a.model, 128, "ans", a.hardware, 4, 4, {})
-    pin_threads(a.threads or probe.hardware.cpu.threads or os.cpu_count() or 1)  # before torch loads
+    probe = build_spec(a.model, 128, "ans", a.hardware, 4, 4, {})
+    pin_threads(probe.hardware.cpu.threads or os.cpu_count() or 1)  # before torch loads
     import torch
 
     from inf2hw.run import EngineOptions, run_engine

@@ -28,6 +28,10 @@ from ..scheduler import PlanBuilder, StepOps
 from .flexgen import KvBuffers
 
 LSE_BYTES = 4  # one fp32 log-sum-exp per query head, returned with partial outputs
+# GPU buffers of X (or K,V) per micro-batch for the X-cache: the load of layer L reuses the
+# buffer of layer L - X_RING, so it waits until that layer's regeneration (or attention)
+# has consumed it. The real engine allocates exactly this ring (inf2hw.ops).
+X_RING = 2
 
 
 class AnsBuilder(PlanBuilder):
@@ -217,8 +221,14 @@ class AnsBuilder(PlanBuilder):
                 for i, dst in enumerate(srcs):
                     b.add(Spill, L, m, f"xspill{i}", "x_new", [save], dst=dst,
                           nbytes=self._coop(nx, self.c) // len(srcs), req_bytes=self._coop(nx, self.c) // len(srcs))
-        load = b.add(Transfer, L, m, "xload", "x", loads, src="dram", dst="gpu", nbytes=hist, rows=(0, rows),
-                     tokens=(0, ctx - 1))
+        # One copy stream carries the X loads in issue order (FIFO: a load starts when the one
+        # before it is done, not all of a step's loads at once sharing the link), each into a
+        # ring buffer that the layer X_RING back must have released.
+        use = "kv_regen" if keeps_x(md) else "attn.gpu"
+        ring = [b.name(L - X_RING, m, use)] if L >= X_RING else []
+        prev = b.last.get("x_stream")
+        load = b.last["x_stream"] = b.add(Transfer, L, m, "xload", "x", loads + ring + ([prev] if prev else []),
+                                          src="dram", dst="gpu", nbytes=hist, rows=(0, rows), tokens=(0, ctx - 1))
         src = load
         if keeps_x(md):
             src = b.add(DenseCompute, L, m, "kv_regen", "kv_regen", [load, qkv], device="gpu",
