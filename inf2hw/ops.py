@@ -213,11 +213,13 @@ class OpRunner:
         by_rows: Dict[Tuple[int, int], List[tuple]] = {}
         for _, r0, r1, out, lse in parts:
             by_rows.setdefault((r0, r1), []).append((out, lse))
-        rows = torch.zeros(mb * kvh, g, 1, d, dtype=torch.float32)
+        # gathered on the compute device: the cooperative rows never leave the GPU, the host's
+        # and the CSDs' rows cross once (each row range's partials are merged where they are)
+        rows = torch.zeros(mb * kvh, g, 1, d, dtype=torch.float32, device=self.c.device)
         for (r0, r1), ps in by_rows.items():
             out, _ = ps[0] if len(ps) == 1 else A.merge_partials(ps)
-            rows[r0:r1] = out.reshape(r1 - r0, g, 1, d).to("cpu", torch.float32)
-        return A.rows_to_heads(rows, mb).to(self.c.device, self.c.compute_dtype)
+            rows[r0:r1] = out.reshape(r1 - r0, g, 1, d).to(self.c.device, torch.float32)
+        return A.rows_to_heads(rows, mb).to(self.c.compute_dtype)
 
     # -------------------------------------------------------------- attention
     def _attention(self, op: Attention, tag: str):
@@ -301,7 +303,7 @@ class OpRunner:
         K = torch.cat([kh, k[:nx].to(kh.dtype)], dim=2)
         V = torch.cat([vh, v[:nx].to(vh.dtype)], dim=2)
         out, lse = A.attend_partial(A.q_to_rows(q[:nx], md.num_kv_heads), A.kv_to_rows(K), A.kv_to_rows(V))
-        self.parts.setdefault((L, m), []).append(("rows", 0, op.rows[1], out.cpu(), lse.cpu()))
+        self.parts.setdefault((L, m), []).append(("rows", 0, op.rows[1], out, lse))  # stays on the device
         return None
 
     def complete(self, op: Op, result) -> None:
