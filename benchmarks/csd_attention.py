@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -26,13 +25,9 @@ DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 
 
 def _best(fn, reps: int) -> float:
-    fn()  # warm: buffers allocated, pages touched
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+    from engine_vs_flexgen import _best as best_of  # benchmarks/ is this script's directory
+
+    return best_of(fn, reps, warm=True)
 
 
 def old_attention(q, k, v, n, tail):

@@ -148,7 +148,10 @@ def _device_name() -> str:
 
 
 # ------------------------------------------------------------ measure child
-def _best(fn, reps: int = 3) -> float:
+def _best(fn, reps: int = 3, warm: bool = False) -> float:
+    """Seconds of the fastest of `reps` calls (after one untimed call if `warm`)."""
+    if warm:
+        fn()  # buffers allocated, pages touched
     best = float("inf")
     for _ in range(reps):
         t = time.perf_counter()
