@@ -10,15 +10,9 @@ Threads:
   receiver (main thread)  reads commands; copies each query/tail out of the down arena
                           at once (small); binds attend to the latest load and query of
                           its (layer, mb), fetch to the latest attend; queues the rest.
-  io                      load (pread into an aligned staging buffer), FIFO; a load
-                          first waits for the stores of its (layer, mb) queued before
-                          it, so it sees every one of them.
-  store                   store (pwrite from the arena, via a bounce buffer under
-                          O_DIRECT), FIFO, beside the loads: a drive serves reads and
-                          writes at once (an NVMe queue, a SmartSSD's write cache), so a
-                          spill of small read-modify-writes does not hold up the next
-                          layer's load. Within a block a concurrent load reads either
-                          the old or the new copy of tokens it uses: the same bytes.
+  io                      store (pwrite from the arena, via a bounce buffer under
+                          O_DIRECT) and load (pread into an aligned staging buffer),
+                          FIFO, so a load sees every store queued before it.
   compute                 attend (waits for its bound load) and fetch, FIFO. Torch
                           attention runs in pieces of rows (`inf2hw.ops.cpu_attention`,
                           fp32 buffers reused across calls) on `threads` torch threads,
@@ -117,12 +111,7 @@ class CsdWorker:
         self.cap = ReadRateCap(cfg.read_gbps)
         self.send_lock = threading.Lock()
         self.last_beat, self.beat_s = time.perf_counter(), cfg.timeout_s / 4
-        self.io_q: "queue.Queue[Optional[_Job]]" = queue.Queue()  # loads
-        self.store_q: "queue.Queue[Optional[_Job]]" = queue.Queue()  # stores, beside the loads
-        # (layer, mb) -> stores queued / finished: a load waits for the stores queued before it
-        self.stores_queued: Dict[tuple, int] = {}
-        self.stores_done: Dict[tuple, int] = {}
-        self.stores_cv = threading.Condition()
+        self.io_q: "queue.Queue[Optional[_Job]]" = queue.Queue()
         self.compute_q: "queue.Queue[Optional[_Job]]" = queue.Queue()
         self.free_staging: list = []
         self.staging_lock = threading.Lock()
@@ -166,10 +155,6 @@ class CsdWorker:
             for dep in ("load", "attend"):  # the clock starts once what it consumes is ready
                 if dep in job.args:
                     job.args[dep].done.wait()
-            if "after_stores" in job.args:  # a load sees every store queued before it
-                key, need = (job.layer, job.mb), job.args["after_stores"]
-                with self.stores_cv:
-                    self.stores_cv.wait_for(lambda: self.stores_done.get(key, 0) >= need)
             start = time.perf_counter()
             try:
                 getattr(self, "do_" + job.kind)(job)
@@ -177,11 +162,6 @@ class CsdWorker:
             except Exception as e:  # reported to the parent, which raises CsdError
                 err = self.describe(job, e)
             self.finish(job, start, err)
-            if job.kind == "store":  # failed or not: a load waiting for it must not hang (the error is reported)
-                with self.stores_cv:
-                    key = (job.layer, job.mb)
-                    self.stores_done[key] = self.stores_done.get(key, 0) + 1
-                    self.stores_cv.notify_all()
 
     def describe(self, job: _Job, e: Exception) -> str:
         what = f"{job.kind}(layer={job.layer}, mb={job.mb})"
@@ -274,13 +254,9 @@ class CsdWorker:
         layer, mb, args = msg[2], msg[3], msg[4]
         key, job = (layer, mb), _Job(seq, kind, layer, mb, **args)
         if kind == "store":
-            with self.stores_cv:
-                self.stores_queued[key] = self.stores_queued.get(key, 0) + 1
-            self.store_q.put(job)
+            self.io_q.put(job)
         elif kind == "load":
             job.args["supersedes"] = self.loads.get(key)
-            with self.stores_cv:
-                job.args["after_stores"] = self.stores_queued.get(key, 0)
             self.loads[key] = job
             self.io_q.put(job)
         elif kind == "send_query":
@@ -311,7 +287,7 @@ class CsdWorker:
 
     def run(self) -> None:
         threads = [threading.Thread(target=self.run_queue, args=(q,), name=n, daemon=True)
-                   for q, n in ((self.io_q, "csd-io"), (self.store_q, "csd-store"), (self.compute_q, "csd-compute"))]
+                   for q, n in ((self.io_q, "csd-io"), (self.compute_q, "csd-compute"))]
         for t in threads:
             t.start()
         self.reply("ready", os.getpid(), self.direct)
@@ -323,7 +299,7 @@ class CsdWorker:
                     return  # the parent went away
                 if not self.on_command(msg):
                     break
-            for q in (self.io_q, self.store_q, self.compute_q):
+            for q in (self.io_q, self.compute_q):
                 q.put(None)
             for t in threads:
                 t.join()
