@@ -83,3 +83,24 @@ def test_weights_on_storage_add_storage_reads(spec_of):
     r, st, _ = _step(spec_of, "ans", 1, **{"policy.weights": {"gpu": 0.0, "host": 0.5, "storage": 0.5}})
     w = [o for o in st.ops if isinstance(o, Transfer) and o.what == "weights" and o.dst == "dram"]
     assert w and all(o.src.startswith("ssd") for o in w)
+
+
+@pytest.mark.parametrize("model", ["opt-6.7b", "llama-tiny"])  # X kept (MHA) and K,V kept (GQA)
+def test_xcache_loads_form_one_stream_into_a_ring(spec_of, model):
+    """The X loads of a step run in issue order on one copy stream (each waits for the one
+    before it) into X_RING GPU buffers (the load of layer L waits for layer L - X_RING's
+    consumer), as the engine runs them."""
+    from inf2sim.layout import keeps_x
+    from inf2sim.policies.ans import X_RING
+
+    r, st, b = _step(spec_of, "inf2", 3, model=model, **{"policy.xcache.alpha": 0.5,
+                                                          "workload.num_micro_batches": 2})
+    assert b.layout.x_seqs > 0
+    loads = [o for o in st.ops if isinstance(o, Transfer) and o.name.endswith(".xload")]
+    assert len(loads) == r.model.num_layers * 2
+    use = "kv_regen" if keeps_x(r.model) else "attn.gpu"
+    for prev, op in zip(loads, loads[1:]):
+        assert prev.name in op.deps
+    for op in loads:
+        ring = f"s3.L{op.layer - X_RING}.m{op.mb}.{use}"
+        assert (ring in op.deps) == (op.layer >= X_RING)
