@@ -60,7 +60,6 @@ class OpRunner:
                                       initializer=torch.set_num_threads if threads else None, initargs=threads)
         self._copy: Optional[ThreadPoolExecutor] = None  # relay -> pageable store copies (`copy_pool`)
         self.attn_ws = AttnWorkspace()  # used by the CPU attention thread only
-        self.join_bufs: Dict[str, torch.Tensor] = {}  # K, V of the drives joined with the new token (`_join_drives`)
         self.x: Dict[int, torch.Tensor] = {}  # mb -> [mb, t, hidden] current hidden state
         self.xin: Dict[Tuple[int, int], torch.Tensor] = {}  # (L, mb) -> layer input X
         self.qkv: Dict[Tuple[int, int], Tuple[torch.Tensor, ...]] = {}  # device q, k, v
@@ -252,36 +251,30 @@ class OpRunner:
         L, m = op.layer, op.mb
         qr, kn, vn = self.host_qkv[(L, m)]
         ctx = op.tokens[1]
-        if self.c.host_kv is not None:
-            K, V = self.c.host_kv.read(L, m, ctx)
-        else:
-            K, V = self._join_drives(L, m, kn, vn, ctx)
+        if self.c.host_kv is None:
+            return self._attend_drives(L, m, qr, kn, vn)
+        K, V = self.c.host_kv.read(L, m, ctx)
         out, lse = cpu_attention(qr, K, V, ws=self.attn_ws)
         self.parts.setdefault((L, m), []).append(("rows", 0, qr.shape[0], out, lse))
 
-    def _join_drives(self, L: int, m: int, kn: torch.Tensor, vn: torch.Tensor, ctx: int):
-        """The drives' history rows (staged by the kvr reads) and the new token kn, vn
-        [rows, 1, d] -> K, V [rows, ctx, d], contiguous, in two reused buffers of the
-        storage dtype (the CPU-attention thread is the only user); each drive's read
-        buffer goes back to its pool. The same values as concatenating them."""
+    def _attend_drives(self, L: int, m: int, qr: torch.Tensor, kn: torch.Tensor, vn: torch.Tensor) -> None:
+        """FlexGen-style attention over the drives' history (staged by the kvr reads): each
+        drive's rows attend over their token-major read buffer in place (strided [rows_i,
+        t, d] views: BLAS takes them as they are, where gathering them into one row-major
+        K, V cost ~8x the attention itself) with the new token kn, vn [rows, 1, d] as the
+        tail of one softmax; each drive's buffer goes back to its pool."""
         disk = self.c.disk_kv
-        rows, d = kn.shape[0], kn.shape[-1]
-        out = []
-        for name, new in (("k", kn), ("v", vn)):
-            n = rows * ctx * d
-            buf = self.join_bufs.get(name)
-            if buf is None or buf.numel() < n or buf.dtype != new.dtype:
-                buf = self.join_bufs[name] = torch.empty(n, dtype=new.dtype)
-            full = buf[:n].view(rows, ctx, d)
-            full[:, ctx - 1:].copy_(new)
-            out.append(full)
         for i in range(len(disk.dirs)):
             views, rbuf = self.staged.pop(("kvr", i, L, m))
             lo, hi = disk.slices[i]
-            out[0][lo:hi, :ctx - 1].copy_(views[0])
-            out[1][lo:hi, :ctx - 1].copy_(views[1])
+            if hi == lo:  # more drives than rows: this one holds none
+                disk.release(i, rbuf)
+                continue
+            q = qr[lo:hi]
+            out, lse = cpu_attention(q, views[0], views[1], ws=self.attn_ws,
+                                     scores_tail=A.tail_scores(q, kn[lo:hi]), v_tail=vn[lo:hi])
             disk.release(i, rbuf)
-        return out[0], out[1]
+            self.parts.setdefault((L, m), []).append(("rows", lo, hi, out, lse))
 
     def _tail_scores(self, op: Attention):
         L, m = op.layer, op.mb
