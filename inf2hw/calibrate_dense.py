@@ -252,7 +252,7 @@ def cpu_attention(cal: "Calibration", quick: bool, tick) -> None:
 
             with torch.inference_mode():
                 s = _time_s(call, 5 if quick else 11)
-            xs.append(2 * rows * n * d * kb.element_size())
+            xs.append(2 * rows * n * d * kvs[0][0].element_size())
             ts.append(s)
     finally:
         pool.shutdown()
