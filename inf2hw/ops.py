@@ -260,9 +260,9 @@ class OpRunner:
     def _attend_drives(self, L: int, m: int, qr: torch.Tensor, kn: torch.Tensor, vn: torch.Tensor) -> None:
         """FlexGen-style attention over the drives' history (staged by the kvr reads): each
         drive's rows attend over their token-major read buffer in place (strided [rows_i,
-        t, d] views: BLAS takes them as they are, where gathering them into one row-major
-        K, V cost ~8x the attention itself) with the new token kn, vn [rows, 1, d] as the
-        tail of one softmax; each drive's buffer goes back to its pool."""
+        t, d] views: BLAS takes them as they are; gathering them into one row-major K, V
+        first made the call 3.4x slower, benchmarks/drive_attention.py) with the new token
+        kn, vn [rows, 1, d] as the tail of one softmax; each drive's buffer goes back to its pool."""
         disk = self.c.disk_kv
         for i in range(len(disk.dirs)):
             views, rbuf = self.staged.pop(("kvr", i, L, m))
