@@ -286,7 +286,11 @@ class Engine:
             res = f.result()
         except (CsdError, OSError) as e:
             raise EngineError(f"{op.name}: {e}") from None
-        self._finish(op, res, start, self.now())
+        stamps = getattr(f, "stamps_s", None)  # worker-side (began, ended): inf2hw.ops.StampedPool
+        if stamps is not None and len(stamps) == 2:
+            self._finish(op, res, max(start, stamps[0] - self.t0), stamps[1] - self.t0)
+        else:
+            self._finish(op, res, start, self.now())
 
     def _wait_any(self) -> None:
         """Finish at least one in-flight op: a finished future if any, else the most urgent

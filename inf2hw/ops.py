@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import math
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -39,6 +40,28 @@ from . import attention as A
 from . import model as M
 
 CPU_ATTN_ROWS = 16  # rows per piece of CPU attention: a piece's fp32 copies of K and V stay in cache
+
+
+class StampedPool(ThreadPoolExecutor):
+    """A thread pool whose futures carry `stamps_s`: the worker-side perf_counter() when the
+    call began and when it ended. The engine's spans use them, so an op's span is its busy
+    time on the worker (as in the DES's trace), not the time it queued for a worker or the
+    time its completion waited for the engine thread to look (an inline dense op on the
+    CPU holds that thread for hundreds of ms)."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        stamps: List[float] = []
+
+        def call():
+            stamps.append(time.perf_counter())
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                stamps.append(time.perf_counter())
+
+        fut = super().submit(call)
+        fut.stamps_s = stamps  # type: ignore[attr-defined]
+        return fut
 
 
 def tag_of(op: Op) -> str:
@@ -54,9 +77,9 @@ class OpRunner:
 
     def __init__(self, ctx):
         self.c = ctx  # EngineContext: spec, weights, device, dtypes, csds, stores, layout, prompts
-        self.io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="inf2-io")
+        self.io = StampedPool(max_workers=2, thread_name_prefix="inf2-io")
         threads = (ctx.cpu_threads,) if ctx.cpu_threads > 0 else ()  # OpenMP teams are per thread: set it on that thread
-        self.cpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inf2-cpu",
+        self.cpu = StampedPool(max_workers=1, thread_name_prefix="inf2-cpu",
                                       initializer=torch.set_num_threads if threads else None, initargs=threads)
         self._copy: Optional[ThreadPoolExecutor] = None  # relay -> pageable store copies (`copy_pool`)
         self.attn_ws = AttnWorkspace()  # used by the CPU attention thread only
@@ -81,7 +104,7 @@ class OpRunner:
             self.copy_stream = ctx.copy_stream or torch.cuda.Stream()
             self.x_stream = torch.cuda.Stream()
             self.d2h_stream = torch.cuda.Stream()
-            self.d2h = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inf2-d2h")
+            self.d2h = StampedPool(max_workers=1, thread_name_prefix="inf2-d2h")
             wl = ctx.spec.workload
             for store in (ctx.coop_store, ctx.host_kv):  # GPU <-> host every step: pinned where it fits, before the clock
                 if store is not None and ctx.pin_host:

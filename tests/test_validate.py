@@ -57,3 +57,24 @@ def test_results_table_has_the_acceptance_columns():
     r = ValidationResult("m ans", 10.0, 10.5, 0.05, 0.0, 0.06)
     line = results_table([r]).splitlines()[2]
     assert "| m ans | 10.000 | 10.500 | +5.0 % |" in line and line.endswith("| yes |")
+
+
+def test_stamped_pool_spans_are_busy_time_not_queueing():
+    """An op queued behind another on the engine's one-worker pool gets a span that starts
+    when its worker began it, so per-op errors compare busy time with the DES's."""
+    import time
+
+    from inf2hw.ops import StampedPool
+
+    pool = StampedPool(max_workers=1)
+    try:
+        t0 = time.perf_counter()
+        a = pool.submit(time.sleep, 0.05)
+        b = pool.submit(time.sleep, 0.05)
+        b.result()
+        (a0, a1), (b0, b1) = a.stamps_s, b.stamps_s
+        assert a0 >= t0 and a1 - a0 >= 0.05
+        assert b0 >= a1  # b waited for the worker: its busy time starts after a ends
+        assert 0.05 <= b1 - b0 < 0.09
+    finally:
+        pool.shutdown()
