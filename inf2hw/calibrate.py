@@ -77,8 +77,15 @@ class Calibration:
     skipped: List[str] = field(default_factory=list)
     seconds: float = 0.0
 
+    curves: Dict[str, Any] = field(default_factory=dict)  # name -> {"bytes": [...], "seconds": [...]} medians
+
     def put(self, key: str, value: float, how: str) -> None:
         self.values[key] = float(value)
+        self.how[key] = how
+
+    def put_curve(self, key: str, nbytes: List[float], seconds: List[float], how: str) -> None:
+        """Median times of one call at several sizes (the profile's measured curves)."""
+        self.curves[key] = {"bytes": [float(b) for b in nbytes], "seconds": [float(t) for t in seconds]}
         self.how[key] = how
 
 

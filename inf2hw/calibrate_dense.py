@@ -144,7 +144,12 @@ def dense_device(cal: "Calibration", dev: str, quick: bool, tick) -> None:
     # attend_partial over rows. Slope over two sizes (the fixed part is launch / call
     # overhead), with working sets far beyond the caches, as a real KV cache is.
     seqs, kvh, d = (32, 8, 128) if dev.startswith("cuda") else (8, 8, 128)
-    ctxs = (2048, 8192) if dev.startswith("cuda") else ((512, 2048) if quick else (1024, 4096))
+    # from working sets that stay in the caches (a small batch's regenerated rows) to ones
+    # far beyond them; the profile keeps every median (gpu.decode_attention_*)
+    if dev.startswith("cuda"):
+        ctxs = (128, 512, 2048, 8192)
+    else:
+        ctxs = (32, 128, 512, 2048) if quick else (32, 64, 128, 256, 512, 1024, 4096)
     xs, ts = [], []
     q = torch.randn(seqs, kvh, 1, d, device=dev).to(dt)
 
@@ -158,12 +163,13 @@ def dense_device(cal: "Calibration", dev: str, quick: bool, tick) -> None:
         with torch.inference_mode():
             ts.append(_time_s(lambda: coop(kh, vh), rep * 2, sync))
         xs.append(2 * seqs * kvh * ctx * d * kh.element_size())
-    _, per_byte = calibrate_csd.fit_line(xs, ts)
+    _, per_byte = calibrate_csd.fit_line(xs[-2:], ts[-2:])  # the rate beyond the caches: the two largest
     att_gbps = 1.0 / per_byte / 1e9 if per_byte > 0 else xs[-1] / ts[-1] / 1e9
-    cal.put("dense_attention_gbps", att_gbps,
-            f"K+V bytes per second, slope of the median times of the engine's cooperative decode attention "
-            f"(cat of history and new token, attend_partial) rows={seqs * kvh} d={d} ctx={list(ctxs)} "
-            f"{cal.opts.dtype} on {dev}")
+    how = (f"the engine's cooperative decode attention (cat of history and new token, attend_partial) "
+           f"rows={seqs * kvh} d={d} ctx={list(ctxs)} {cal.opts.dtype} on {dev}")
+    cal.put("dense_attention_gbps", att_gbps, f"K+V bytes per second, slope of the median times of {how} "
+                                              f"over the two largest")
+    cal.put_curve("dense_attention", xs, ts, f"median times of {how}")
     # prefill: the engine's model.prefill_attention (attend_heads on a CPU: materialised [P, P]
     # fp32 scores per head; fused SDPA on a GPU in fp16): what the score matrix costs beyond
     # the rates model's max(flops, kv bytes) term, per element
@@ -232,7 +238,8 @@ def cpu_attention(cal: "Calibration", quick: bool, tick) -> None:
 
     dt = DTYPES[cal.opts.dtype]
     rows, d = 64, 128  # up to 537 MB (fp32) of K+V: a real KV cache is far beyond the caches
-    ctxs = (128, 1024, 4096) if quick else (128, 1024, 4096, 8192)
+    # from working sets inside the caches to far beyond them (the profile keeps every median)
+    ctxs = (16, 128, 1024, 4096) if quick else (16, 32, 64, 128, 256, 512, 1024, 4096, 8192)
     xs, ts = [], []
     pool = ThreadPoolExecutor(max_workers=1)  # the engine runs CPU attention on a one-thread pool
     try:
@@ -262,7 +269,9 @@ def cpu_attention(cal: "Calibration", quick: bool, tick) -> None:
            f"ctx={list(ctxs)} {cal.opts.dtype}, {cal.opts.threads} torch thread(s); fit t = fixed + bytes/rate "
            f"over the median times")
     cal.put("cpu_attention_gbps", 1.0 / b / 1e9 if b > 0 else max(xs) / max(ts) / 1e9, how)
-    cal.put("cpu_attention_fixed_us", a * 1e6, how)
+    # the fixed part, at most the smallest median (the profile's curve is the medians less it)
+    cal.put("cpu_attention_fixed_us", min(a, min(ts)) * 1e6, how + ", at most the smallest median")
+    cal.put_curve("cpu_attention", xs, ts, how.replace("; fit t = fixed + bytes/rate over the median times", ""))
     tick()
     m, k, n = (256, 1024, 1024) if quick else (1024, 2048, 2048)
     aa, bb = torch.randn(m, k), torch.randn(k, n)

@@ -25,6 +25,8 @@ import os
 from pathlib import Path
 from typing import List
 
+from inf2sim.accel import kv_bytes
+
 from .calibrate import Calibration
 from .calibrate_io import monotone
 
@@ -49,6 +51,23 @@ def _r(x: float, digits: int = 4) -> float:
 
 def _fmt_list(xs: List[float]) -> str:
     return "[" + ", ".join(f"{_r(x, 3):g}" for x in xs) + "]"
+
+
+def _curve_lines(prefix: str, kib: List[float], seconds: List[float], fixed_us: float, fixed_name: str,
+                 how: str) -> List[str]:
+    """`<prefix>_kib` / `<prefix>_us` (inf2sim.rates.curve_seconds): the medians less the
+    fixed part the profile charges separately (`fixed_name`)."""
+    us = [max(0.0, t * 1e6 - fixed_us) for t in seconds]
+    return [f"{prefix}_kib: {_fmt_list(kib)}   # K+V KiB",
+            f"{prefix}_us: {_fmt_list(us)}   # {how}, less {fixed_name}'s {_r(fixed_us)} us"]
+
+
+def _measured(cal: Calibration, key: str, prefix: str, fixed_us: float, fixed_name: str, src: str) -> List[str]:
+    c = cal.curves.get(key)
+    if not c:
+        return []
+    return _curve_lines(prefix, [b / 1024 for b in c["bytes"]], c["seconds"], fixed_us, fixed_name,
+                        f"{cal.how[key]} ({src})")
 
 
 def _curves(c, indent: str, tag: str) -> List[str]:
@@ -114,6 +133,7 @@ def profile_yaml(cal: Calibration, csd_count: int = 2, ssd_count: int = 2) -> st
         f"{cal.how['dense_attention_gbps']} ({src})",
         f"  attention_score_ns: {_r(v['attention_score_ns'], 3)}   # {cal.how['attention_score_ns']} ({src})",
         f"  launch_us: {_r(v['dense_op_us'] + disp)}   # {_r(v['dense_op_us'])} us: {cal.how['dense_op_us']}{plus} ({src})",
+        *_measured(cal, "dense_attention", "  decode_attention", v["dense_op_us"], "launch_us", src),
         "  power_w: 0",
         "  price_usd: 0",
         "  link:",
@@ -128,8 +148,9 @@ def profile_yaml(cal: Calibration, csd_count: int = 2, ssd_count: int = 2) -> st
         ]
     else:
         lines += [
-            f"    up_gbps: {NO_COPY_GBPS:g}    # no copy: with no GPU the dense device is the host itself",
-            f"    down_gbps: {NO_COPY_GBPS:g}",
+            f"    up_gbps: {_r(memcpy)}    # memcpy_gbps: with no GPU the dense device is the host itself, but what "
+            "leaves it for a host store (the prompt's K,V, X) is copied into that store",
+            f"    down_gbps: {NO_COPY_GBPS:g}   # no copy: the dense device reads host stores and weights in place",
             f"    latency_us: {_r(v['host_op_us'] + disp)}   # {_r(v['host_op_us'])} us: {cal.how['host_op_us']}{plus} ({src})",
         ]
     lines += [
@@ -142,6 +163,7 @@ def profile_yaml(cal: Calibration, csd_count: int = 2, ssd_count: int = 2) -> st
         f"({_r(v['cpu_attention_fixed_us'])} us){plus} ({src})",
         "  power_w: 0",
         f"  threads: {o.threads}   # torch intra-op threads the engine must use for these rates to hold",
+        *_measured(cal, "cpu_attention", "  attention", v["cpu_attention_fixed_us"], "op_overhead_us", src),
         "host:",
         f"  memory_gb: {_r(_ram_gb())}   # host RAM (sysconf)",
         f"  memory_budget_gb: {_r(_ram_gb() / 2)}   # half of RAM, as the papers' default budget",
@@ -220,6 +242,10 @@ def profile_yaml(cal: Calibration, csd_count: int = 2, ssd_count: int = 2) -> st
         lines.append(f"    rate_gbps: {_r(csd.rate_gbps)}   # csd.compute={csd.compute}, {csd.dtype}: fit attend = "
                      f"{_r(csd.attend_fixed_us)} us + accel.kv_bytes / rate over ctx {csd.ctx} (rows {csd.rows}, "
                      f"d {csd.head_dim}), worker-side stamps ({src})" + (f". Other: {alt}" if alt else ""))
+        if csd.attend_s:
+            kib = [kv_bytes(csd.rows, n, csd.head_dim, csd.group, 1, 1) / 1024 for n in csd.ctx]
+            lines += _curve_lines("  attend", kib, csd.attend_s, csd.attend_fixed_us, "host.ipc_us",
+                                  f"median worker-side attend of the fit above ({src})")
     else:
         lines.append("    rate_gbps: 0")
     for s in cal.skipped:

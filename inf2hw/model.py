@@ -22,6 +22,8 @@ Step functions are device-agnostic: they run where their tensors are.
 """
 from __future__ import annotations
 
+import functools
+
 import math
 from dataclasses import dataclass, fields
 from typing import List, Optional, Tuple
@@ -197,13 +199,23 @@ def _norm(x: Tensor, w: Tensor, b: Optional[Tensor], spec: ModelSpec) -> Tensor:
     return w * xf.to(x.dtype)
 
 
-def _rope(x: Tensor, positions: Tensor, theta: float) -> Tensor:
-    """Rotary embedding, HF 'rotate_half' layout. x [b, heads, t, d], positions [b, t]."""
-    d = x.shape[-1]
-    inv_freq = 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=x.device).float() / d))  # [d/2]
-    freqs = positions.float().unsqueeze(-1) * inv_freq  # [b, t, d/2]
+@functools.lru_cache(maxsize=16)
+def _inv_freq(d: int, theta: float, device: str) -> Tensor:
+    """[d/2] fp32 rotary frequencies (HF's inv_freq), made once per (d, theta, device)."""
+    return 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=device).float() / d))
+
+
+def _rope_cos_sin(positions: Tensor, d: int, theta: float, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+    """positions [b, t] -> cos, sin [b, 1, t, d] in `dtype` (computed in fp32, as HF does);
+    one pair serves q and k of a layer call."""
+    freqs = positions.float().unsqueeze(-1) * _inv_freq(d, theta, str(positions.device))  # [b, t, d/2]
     emb = torch.cat((freqs, freqs), dim=-1)  # [b, t, d]
-    cos, sin = emb.cos().to(x.dtype).unsqueeze(1), emb.sin().to(x.dtype).unsqueeze(1)  # [b, 1, t, d]
+    return emb.cos().to(dtype).unsqueeze(1), emb.sin().to(dtype).unsqueeze(1)
+
+
+def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary embedding, HF 'rotate_half' layout. x [b, heads, t, d], cos, sin [b, 1, t, d]."""
+    d = x.shape[-1]
     x1, x2 = x[..., : d // 2], x[..., d // 2:]
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
@@ -223,29 +235,35 @@ def embed(w: Weights, tokens: Tensor, positions: Tensor) -> Tensor:
     return x
 
 
-def _kv(lw: LayerWeights, spec: ModelSpec, h: Tensor, positions: Tensor) -> Tuple[Tensor, Tensor]:
+def _kv(lw: LayerWeights, spec: ModelSpec, h: Tensor, rope: Optional[Tuple[Tensor, Tensor]]) -> Tuple[Tensor, Tensor]:
     k = _heads(F.linear(h, lw.wk, lw.bk), spec.num_kv_heads)  # [b, kv_heads, t, d]
     v = _heads(F.linear(h, lw.wv, lw.bv), spec.num_kv_heads)  # [b, kv_heads, t, d]
-    if spec.family != "opt":
-        k = _rope(k, positions, spec.rope_theta)
+    if rope is not None:
+        k = _rope(k, *rope)
     return k, v
+
+
+def _rope_for(spec: ModelSpec, h: Tensor, positions: Tensor) -> Optional[Tuple[Tensor, Tensor]]:
+    return None if spec.family == "opt" else _rope_cos_sin(positions, spec.head_dim, spec.rope_theta, h.dtype)
 
 
 def qkv(lw: LayerWeights, spec: ModelSpec, x: Tensor, positions: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     """Pre-attention norm + projections (+ RoPE). x [b, t, hidden] ->
     q [b, heads, t, d] (unscaled), k, v [b, kv_heads, t, d]."""
     h = _norm(x, lw.attn_norm, lw.attn_norm_b, spec)  # [b, t, hidden]
+    rope = _rope_for(spec, h, positions)
     q = _heads(F.linear(h, lw.wq, lw.bq), spec.num_heads)  # [b, heads, t, d]
-    if spec.family != "opt":
-        q = _rope(q, positions, spec.rope_theta)
-    k, v = _kv(lw, spec, h, positions)
+    if rope is not None:
+        q = _rope(q, *rope)
+    k, v = _kv(lw, spec, h, rope)
     return q, k, v
 
 
 def kv_from_x(lw: LayerWeights, spec: ModelSpec, x: Tensor, positions: Tensor) -> Tuple[Tensor, Tensor]:
     """X-cache: regenerate k, v [b, kv_heads, t, d] from the layer input x [b, t, hidden].
     Same ops in the same order as `qkv`, so bitwise equal for the same x."""
-    return _kv(lw, spec, _norm(x, lw.attn_norm, lw.attn_norm_b, spec), positions)
+    h = _norm(x, lw.attn_norm, lw.attn_norm_b, spec)
+    return _kv(lw, spec, h, _rope_for(spec, h, positions))
 
 
 def _moe(lw: LayerWeights, spec: ModelSpec, h: Tensor) -> Tensor:

@@ -112,6 +112,11 @@ class OpRunner:
                     store.preallocate(ctx.spec.model.num_layers, wl.num_micro_batches)
             if (ctx.host_kv is not None and not ctx.host_kv.pin_memory) or ctx.disk_kv is not None or ctx.recent is not None:
                 self._give_relay(self._new_relay())  # the prompt's K,V leave through relays (`inf2hw.ops_io`)
+        else:  # the dense device is the CPU: host stores are written in place, their pages made before the clock
+            wl = ctx.spec.workload
+            for store in (ctx.coop_store, ctx.host_kv):
+                if store is not None:
+                    store.touch(ctx.spec.model.num_layers, wl.num_micro_batches)
 
     # ----------------------------------------------------------------- helpers
     @property

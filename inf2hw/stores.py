@@ -138,6 +138,20 @@ class MemStore:
             self.data[key] = ts[i * n:(i + 1) * n]
         return True
 
+    def touch(self, num_layers: int, num_mbs: int) -> bool:
+        """Pageable store: allocate every (layer, mb) now and write it once (zeros), so the
+        run's writes do not page-fault (the pinned store's pages exist once allocated, see
+        `preallocate`). Skipped (False) when it does not fit beside the memory available."""
+        if str(self.device) != "cpu" or self.pin_memory:
+            return False
+        keys = [(layer, mb) for layer in range(num_layers) for mb in range(num_mbs) if (layer, mb) not in self.data]
+        n = 2 if self.pairs else 1
+        if not pinned_fits(len(keys) * n * self.tensor_bytes):
+            return False
+        for key in keys:
+            self.data[key] = [torch.zeros(self.rows, self.capacity, self.width, dtype=self.dtype) for _ in range(n)]
+        return True
+
     def write(self, layer: int, mb: int, t0: int, *tensors: torch.Tensor) -> None:
         """tensors: [rows, n, width] each, stored at positions t0 .. t0+n."""
         for dst, src in zip(self._get(layer, mb), tensors):

@@ -22,10 +22,16 @@ Compute devices (plan names): `gpu`, `cpu`, `csd{i}.fpga`.
   cpu  DenseCompute  flops / gemm_gflops + op_overhead
        Attention     kv_bytes / attention_gbps + op_overhead
   fpga Attention     inf2sim.accel.attention_seconds(...) + host ipc round trip
+Measured curves, where a calibrated profile has them (`gpu.decode_attention_*` for
+q_len = 1, `cpu.attention_*`, `csd.attend_*`): the attention term is
+`curve_seconds(kib, us, kv_bytes)` instead of the rate (a KV working set that fits in
+the caches runs several times faster per byte than one streamed from memory; one rate
+cannot say both).
 where `peak` is fp16_tflops for 2-byte dtypes and fp32_tflops for 4-byte ones.
 """
 from __future__ import annotations
 
+import bisect
 import functools
 from typing import Union
 
@@ -84,6 +90,16 @@ def attention_kv_bytes(op: Attention, dtype_bytes: int = 2) -> int:
     return 2 * rows * (stored + n_tail) * op.head_dim * dtype_bytes
 
 
+def curve_seconds(kib, us, nbytes: float) -> float:
+    """Seconds at `nbytes` on a measured curve (sizes in KiB, increasing; times in us):
+    piecewise linear between points, the line through the two nearest points beyond
+    either end, never below 0."""
+    x = nbytes / 1024.0
+    i = bisect.bisect_left(kib, x, 1, len(kib) - 1)  # segment [i-1, i]
+    x0, x1, t0, t1 = kib[i - 1], kib[i], us[i - 1], us[i]
+    return max(0.0, t0 + (t1 - t0) * (x - x0) / (x1 - x0)) * 1e-6
+
+
 def _gpu_peak_flops(hw: HardwareProfile, dtype_bytes: int) -> float:
     if dtype_bytes <= 2:
         return _positive(hw.gpu.fp16_tflops, "gpu.fp16_tflops", hw) * 1e12
@@ -112,6 +128,9 @@ def work_seconds(op: ComputeOp, hw: HardwareProfile, dtype_bytes: int = 2) -> fl
             return op.flops / (_positive(hw.cpu.gemm_gflops, "cpu.gemm_gflops", hw) * 1e9)
         raise ValueError(f"op {op.name}: DenseCompute runs on gpu or cpu, not {dev!r}")
     if isinstance(op, Attention):
+        if dev == "gpu" and op.q_len == 1 and hw.gpu.decode_attention_kib:
+            return curve_seconds(hw.gpu.decode_attention_kib, hw.gpu.decode_attention_us,
+                                 attention_kv_bytes(op, dtype_bytes))
         if dev == "gpu":
             t_flops = attention_flops(op) / (_gpu_peak_flops(hw, dtype_bytes) * hw.gpu.gemm_efficiency)
             mem_Bps = _positive(hw.gpu.mem_gbps, "gpu.mem_gbps", hw) * 1e9 * hw.gpu.attention_efficiency
@@ -120,11 +139,17 @@ def work_seconds(op: ComputeOp, hw: HardwareProfile, dtype_bytes: int = 2) -> fl
                 rows, stored, n_tail = attention_shape(op)
                 t += rows * op.group * op.q_len * (stored + n_tail) * hw.gpu.attention_score_ns * 1e-9
             return t
+        if dev == "cpu" and hw.cpu.attention_kib:
+            return curve_seconds(hw.cpu.attention_kib, hw.cpu.attention_us, attention_kv_bytes(op, dtype_bytes))
         if dev == "cpu":
             cpu_Bps = _positive(hw.cpu.attention_gbps, "cpu.attention_gbps", hw) * 1e9
             return attention_kv_bytes(op, dtype_bytes) / cpu_Bps
         if is_fpga(dev):
             rows, stored, n_tail = attention_shape(op)
+            if hw.csd.attend_kib:  # sized as the calibration sized it: accel.kv_bytes (fp16 K, V)
+                from .accel import kv_bytes
+
+                return curve_seconds(hw.csd.attend_kib, hw.csd.attend_us, kv_bytes(rows, stored, op.head_dim, op.group, n_tail))
             return fpga_attention_seconds(hw.csd.fpga, rows, stored, op.group, op.head_dim, n_tail)
         raise ValueError(f"op {op.name}: unknown compute device {dev!r}; use gpu, cpu or csd<i>.fpga")
     raise TypeError(f"op {getattr(op, 'name', op)!r} of kind {type(op).__name__} is not a compute op")

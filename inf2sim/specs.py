@@ -137,6 +137,11 @@ class GpuSpec:
     link: LinkSpec = field(default_factory=LinkSpec)
     power_w: float = 0.0
     price_usd: float = 0.0
+    # Measured decode (q_len = 1) attention: K+V bytes (KiB) -> seconds beyond launch_us (us).
+    # When given, the DES interpolates it (inf2sim.rates.curve_seconds) instead of
+    # kv / (mem_gbps * attention_efficiency): small working sets stay in the caches.
+    decode_attention_kib: List[float] = field(default_factory=list)
+    decode_attention_us: List[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,10 @@ class CpuSpec:
     op_overhead_us: float = 0.0
     power_w: float = 0.0
     threads: int = 0  # torch intra-op threads of the engine when calibrated (0 = not calibrated)
+    # Measured attention: K+V bytes (KiB) -> seconds beyond op_overhead_us (us); when given,
+    # it replaces kv / attention_gbps (see GpuSpec.decode_attention_kib).
+    attention_kib: List[float] = field(default_factory=list)
+    attention_us: List[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -194,6 +203,10 @@ class CsdSpec:
     fpga: FpgaSpec = field(default_factory=FpgaSpec)
     price_usd: float = 0.0
     max_count: int = 16
+    # Measured attend of an emulated CSD: K+V bytes (KiB) -> seconds beyond host.ipc_us (us);
+    # when given, it replaces the fpga model (see GpuSpec.decode_attention_kib).
+    attend_kib: List[float] = field(default_factory=list)
+    attend_us: List[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -284,6 +297,12 @@ def validate(model: ModelSpec, workload: Workload, hw: HardwareProfile, policy: 
         raise SpecError(f"workload.num_micro_batches={workload.num_micro_batches} must divide workload.batch={workload.batch}")
     check_positive("hardware.ssd_count", hw.ssd_count, allow_zero=True)
     check_positive("hardware.csd_count", hw.csd_count, allow_zero=True)
+    for where, kib, us in (("gpu.decode_attention", hw.gpu.decode_attention_kib, hw.gpu.decode_attention_us),
+                           ("cpu.attention", hw.cpu.attention_kib, hw.cpu.attention_us),
+                           ("csd.attend", hw.csd.attend_kib, hw.csd.attend_us)):
+        if len(kib) != len(us) or len(kib) == 1 or any(b <= a for a, b in zip(kib, kib[1:])):
+            raise SpecError(f"hardware.{where}_kib / _us: equal lengths (0 or >= 2) and increasing sizes are "
+                            f"needed, got {list(kib)} / {list(us)}")
     if hw.csd_count > hw.csd.max_count:
         raise SpecError(f"hardware.csd_count={hw.csd_count} is not allowed; this profile holds 0..{hw.csd.max_count}")
     check_choice("policy.kv_on", policy.kv_on, ("gpu", "host", "ssd", "csd"))

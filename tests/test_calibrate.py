@@ -34,7 +34,8 @@ def test_quick_calibration_writes_a_profile_that_loads_and_simulates(quick_profi
     path = tmp / "hardware" / "testbox.yaml"
     text = path.read_text()
     for key in ("fp32_tflops", "mem_gbps", "launch_us", "attention_gbps", "ipc_us", "rate_gbps",
-                "read_gbps", "shared_read_gbps", "attention_score_ns"):
+                "read_gbps", "shared_read_gbps", "attention_score_ns", "decode_attention_us", "attention_us",
+                "attend_us"):
         line = next(ln for ln in text.splitlines() if ln.strip().startswith(key + ":"))
         assert "#" in line, f"{key} carries no comment saying how it was measured"
     assert "inf2 calibrate 20" in text  # dated
@@ -43,6 +44,10 @@ def test_quick_calibration_writes_a_profile_that_loads_and_simulates(quick_profi
     monkeypatch.setattr(C, "CONF_DIR", tmp)
     hw = C.load_group("hardware", "testbox")
     assert hw.name == "testbox" and hw.cpu.threads >= 1
+    # the measured attention curves: increasing sizes, one time per size
+    for kib, us in ((hw.cpu.attention_kib, hw.cpu.attention_us), (hw.csd.attend_kib, hw.csd.attend_us),
+                    (hw.gpu.decode_attention_kib, hw.gpu.decode_attention_us)):
+        assert len(kib) >= 2 and len(kib) == len(us) and all(b > a for a, b in zip(kib, kib[1:]))
     for name, pol in policies.items():
         spec = C.specs_from_config(OmegaConf.create({"model": model, "workload": wl, "hardware": hw,
                                                      "policy": pol, "sim": {"trace": False}}))

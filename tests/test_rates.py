@@ -83,3 +83,29 @@ def test_transfer_alone_is_bottleneck_plus_path_latency():
     # P2P read at 4 KiB: the flash curve (1 GB/s) is the bottleneck; media latency 0
     assert rates.transfer_seconds_alone(topo, "csd0.ssd", "csd0.fpga", 10**9, 4096) == pytest.approx(1.0 + 1e-6)
     assert rates.transfer_seconds_alone(topo, "gpu", "gpu", 10**9) == 0.0
+
+
+def test_measured_attention_curves_replace_the_rates():
+    """Calibrated curves (K+V KiB -> us beyond the fixed cost) are interpolated, and
+    extrapolated along their end segments; without them the rates apply."""
+    from dataclasses import replace
+
+    hw = replace(HW, cpu=replace(HW.cpu, attention_kib=[1000.0, 3000.0], attention_us=[100.0, 500.0]),
+                 gpu=replace(HW.gpu, decode_attention_kib=[1000.0, 2000.0], decode_attention_us=[10.0, 30.0]),
+                 csd=replace(HW.csd, attend_kib=[100.0, 200.0], attend_us=[40.0, 60.0]))
+    kib = 2000 * 1024  # half-way along the cpu curve: 300 us + op_overhead 50 us
+    assert rates.compute_seconds(attn("cpu", kv_bytes=kib), hw) == pytest.approx(350e-6)
+    assert rates.compute_seconds(attn("cpu", kv_bytes=5000 * 1024), hw) == pytest.approx(950e-6)  # beyond the end
+    assert rates.compute_seconds(attn("gpu", kv_bytes=3000 * 1024, tokens=(0, 1000)), hw) == pytest.approx(60e-6)
+    # the emulated CSD's curve is sized by accel.kv_bytes: 4 rows x 1000 tokens x 128 x 4 B = 2000 KiB
+    assert rates.compute_seconds(attn("csd0.fpga"), hw) == pytest.approx((40 + 20 * 1900 / 100 + 20) * 1e-6)
+    assert rates.compute_seconds(attn("cpu", kv_bytes=kib), HW) == pytest.approx(kib / 20e9 + 50e-6)
+
+
+def test_bad_attention_curve_is_a_one_line_error():
+    from inf2sim.config import default_config, specs_from_config
+    from inf2sim.specs import SpecError
+
+    with pytest.raises(SpecError, match="cpu.attention_kib"):
+        specs_from_config(default_config(model="opt-125m", **{"hardware.cpu.attention_kib": [2.0, 1.0],
+                                                              "hardware.cpu.attention_us": [1.0, 2.0]}))
