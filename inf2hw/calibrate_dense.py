@@ -94,6 +94,16 @@ def dense_device(cal: "Calibration", dev: str, quick: bool, tick) -> None:
             f"weight bytes / median time of F.linear([4x{k}], [{n}x{k}]) {cal.opts.dtype} on {dev}, rotating over "
             f"{len(ws)} such weights (beyond the caches: a decode step's weights come from memory)")
     ws.clear()
+    # The LM head: the same decode GEMV on a [vocab x hidden] weight (many short rows) runs at
+    # its own rate (on the 2-core VM 5.0-5.5 GB/s against ~7 for square-ish weights)
+    k, n = (4096, 32000) if gpu else (1024, 32000)
+    ws = [torch.randn(n, k, device=dev).to(dt) for _ in range(2)]
+    x = torch.randn(4, k, device=dev).to(dt)
+    s = _time_s(lambda: F.linear(x, ws[next(it) % len(ws)]), rep * 2, sync)
+    cal.put("head_gbps", ws[0].numel() * ws[0].element_size() / s / 1e9,
+            f"weight bytes / median time of F.linear([4x{k}], [{n}x{k}]) {cal.opts.dtype} on {dev} (an LM head's "
+            f"shape), alternating over {len(ws)} such weights")
+    ws.clear()
     tick()
     # The dense device's achieved rate on the engine's own prefill blocks (model.qkv + model.post:
     # GEMMs plus the norms, activations and residual adds between them), OPT and LLaMA layers
@@ -107,7 +117,8 @@ def dense_device(cal: "Calibration", dev: str, quick: bool, tick) -> None:
         att = torch.randn(1, md.num_heads, t, md.head_dim, device=dev).to(dt)
         flops = 2.0 * t * (hb * (md.q_dim + 2 * md.kv_dim) + md.q_dim * hb + md.active_mlp_params())
         with torch.inference_mode():
-            s_blk = _time_s(lambda: (M.qkv(lw, md, xp, pp), M.post(lw, md, xp, att)), rep, sync)
+            rp = M.rope_tables(md, pp, xp.dtype)  # made once per step by the engine
+            s_blk = _time_s(lambda: (M.qkv(lw, md, xp, pp, rp), M.post(lw, md, xp, att)), rep, sync)
         rates.append(flops / s_blk / 1e12)
         md = _layer(fam, 64)  # the fixed cost: the same blocks on a hidden-64 layer, one token
         lw = M.init_random(md, dtype=dt, device=dev).layers[0]
@@ -115,7 +126,8 @@ def dense_device(cal: "Calibration", dev: str, quick: bool, tick) -> None:
         pos = torch.zeros(1, 1, dtype=torch.long, device=dev)
         att = torch.randn(1, md.num_heads, 1, md.head_dim, device=dev).to(dt)
         with torch.inference_mode():
-            fixed.append(_time_s(lambda: M.qkv(lw, md, xx, pos), 20, sync, warm=3))
+            rope = M.rope_tables(md, pos, xx.dtype)  # the engine makes them once per step
+            fixed.append(_time_s(lambda: M.qkv(lw, md, xx, pos, rope), 20, sync, warm=3))
             fixed.append(_time_s(lambda: M.post(lw, md, xx, att), 20, sync, warm=3))
     cal.put("block_tflops", sum(rates) / 2,
             f"FLOPs / median time of the engine's model.qkv + model.post on one {hb}-wide layer, {t} tokens "

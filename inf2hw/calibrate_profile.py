@@ -128,6 +128,7 @@ def profile_yaml(cal: Calibration, csd_count: int = 2, ssd_count: int = 2) -> st
         f"  fp16_tflops: {_r(peak16)}   # {how16} ({src})",
         f"  fp32_tflops: {_r(peak32)}   # {how32} ({src})",
         f"  mem_gbps: {_r(mem)}   # {cal.how['stream_gbps']} ({src})",
+        f"  head_mem_gbps: {_r(v['head_gbps'])}   # {cal.how['head_gbps']} ({src})",
         "  gemm_efficiency: 1.0   # the rates above are achieved rates, not datasheet peaks",
         f"  attention_efficiency: {_r(att_eff, 3)}   # {_r(v['dense_attention_gbps'])} GB/s of decode attention / mem_gbps: "
         f"{cal.how['dense_attention_gbps']} ({src})",
@@ -202,6 +203,8 @@ def profile_yaml(cal: Calibration, csd_count: int = 2, ssd_count: int = 2) -> st
         "    latency_us: 0",
         "csd:   # emulated CSD (inf2hw.csd.emulated): a worker process owning KV files on the calibration disk",
         "  max_count: 16",
+        "  io_threads: 1   # the emulated CSD's worker serves its loads, stores and spills on one I/O thread, in order "
+        "(inf2hw.csd.worker)",
         "  host_link:   # the arena copy + pipe hand-off of one command",
         f"    up_gbps: {_r(memcpy)}   # memcpy_gbps",
         f"    down_gbps: {_r(memcpy)}",

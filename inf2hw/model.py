@@ -243,15 +243,19 @@ def _kv(lw: LayerWeights, spec: ModelSpec, h: Tensor, rope: Optional[Tuple[Tenso
     return k, v
 
 
-def _rope_for(spec: ModelSpec, h: Tensor, positions: Tensor) -> Optional[Tuple[Tensor, Tensor]]:
-    return None if spec.family == "opt" else _rope_cos_sin(positions, spec.head_dim, spec.rope_theta, h.dtype)
+def rope_tables(spec: ModelSpec, positions: Tensor, dtype: torch.dtype) -> Optional[Tuple[Tensor, Tensor]]:
+    """RoPE cos, sin [b, 1, t, d] for positions [b, t] (None for OPT): the same for every
+    layer, so a caller may make them once per step and pass them to `qkv` / `kv_from_x`."""
+    return None if spec.family == "opt" else _rope_cos_sin(positions, spec.head_dim, spec.rope_theta, dtype)
 
 
-def qkv(lw: LayerWeights, spec: ModelSpec, x: Tensor, positions: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-    """Pre-attention norm + projections (+ RoPE). x [b, t, hidden] ->
+def qkv(lw: LayerWeights, spec: ModelSpec, x: Tensor, positions: Tensor,
+        rope: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor, Tensor]:
+    """Pre-attention norm + projections (+ RoPE, from `rope` when given). x [b, t, hidden] ->
     q [b, heads, t, d] (unscaled), k, v [b, kv_heads, t, d]."""
     h = _norm(x, lw.attn_norm, lw.attn_norm_b, spec)  # [b, t, hidden]
-    rope = _rope_for(spec, h, positions)
+    if rope is None:
+        rope = rope_tables(spec, positions, h.dtype)
     q = _heads(F.linear(h, lw.wq, lw.bq), spec.num_heads)  # [b, heads, t, d]
     if rope is not None:
         q = _rope(q, *rope)
@@ -259,11 +263,12 @@ def qkv(lw: LayerWeights, spec: ModelSpec, x: Tensor, positions: Tensor) -> Tupl
     return q, k, v
 
 
-def kv_from_x(lw: LayerWeights, spec: ModelSpec, x: Tensor, positions: Tensor) -> Tuple[Tensor, Tensor]:
+def kv_from_x(lw: LayerWeights, spec: ModelSpec, x: Tensor, positions: Tensor,
+              rope: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
     """X-cache: regenerate k, v [b, kv_heads, t, d] from the layer input x [b, t, hidden].
     Same ops in the same order as `qkv`, so bitwise equal for the same x."""
     h = _norm(x, lw.attn_norm, lw.attn_norm_b, spec)
-    return _kv(lw, spec, h, _rope_for(spec, h, positions))
+    return _kv(lw, spec, h, rope if rope is not None else rope_tables(spec, positions, h.dtype))
 
 
 def _moe(lw: LayerWeights, spec: ModelSpec, h: Tensor) -> Tensor:

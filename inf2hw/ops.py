@@ -83,6 +83,7 @@ class OpRunner:
                                       initializer=torch.set_num_threads if threads else None, initargs=threads)
         self._copy: Optional[ThreadPoolExecutor] = None  # relay -> pageable store copies (`copy_pool`)
         self.attn_ws = AttnWorkspace()  # used by the CPU attention thread only
+        self._rope_cache: Dict[tuple, Optional[tuple]] = {}  # (step, t0, t1, seqs) -> RoPE cos, sin
         self.x: Dict[int, torch.Tensor] = {}  # mb -> [mb, t, hidden] current hidden state
         self.xin: Dict[Tuple[int, int], torch.Tensor] = {}  # (L, mb) -> layer input X
         self.qkv: Dict[Tuple[int, int], Tuple[torch.Tensor, ...]] = {}  # device q, k, v
@@ -125,6 +126,17 @@ class OpRunner:
 
     def layer_w(self, L: int) -> M.LayerWeights:
         return self.dev_w.get(L) or self.c.weights.layers[L]
+
+    def _rope(self, pos: torch.Tensor, t0: int, t1: int):
+        """RoPE tables for positions t0..t1 of pos.shape[0] sequences, made once per step
+        (every layer reuses them; None for OPT)."""
+        key = (self.step, t0, t1, pos.shape[0])
+        got = self._rope_cache.get(key)
+        if got is None:
+            if self._rope_cache and next(iter(self._rope_cache))[0] != self.step:
+                self._rope_cache.clear()
+            got = self._rope_cache[key] = M.rope_tables(self.md, pos, self.c.compute_dtype)
+        return got
 
     def ctx_len(self) -> int:
         return self.c.spec.workload.prompt_len + self.step
@@ -200,7 +212,7 @@ class OpRunner:
             x = self.x[m]
             self.xin[(L, m)] = x
             pos = torch.arange(t0, t1, device=dev).expand(x.shape[0], -1)
-            self.qkv[(L, m)] = M.qkv(self.layer_w(L), md, x, pos)
+            self.qkv[(L, m)] = M.qkv(self.layer_w(L), md, x, pos, self._rope(pos, t0, t1))
         elif tag == "post":
             attn = self._assemble(L, m)
             self.x[m] = M.post(self.layer_w(L), md, self.xin[(L, m)], attn)
@@ -220,7 +232,8 @@ class OpRunner:
         elif tag == "kv_regen":
             xs = self.staged.pop(("x", L, m))  # [nx, ctx-1, hidden] on device
             pos = torch.arange(0, xs.shape[1], device=dev).expand(xs.shape[0], -1)
-            self.staged[("regen", L, m)] = M.kv_from_x(self.layer_w(L), md, xs.to(self.c.compute_dtype), pos)
+            self.staged[("regen", L, m)] = M.kv_from_x(self.layer_w(L), md, xs.to(self.c.compute_dtype), pos,
+                                                       self._rope(pos, 0, xs.shape[1]))
         elif tag == "merge":
             pass  # partial results are merged exactly where they are assembled (`_assemble`)
         else:

@@ -11,6 +11,7 @@ FLOP in; `*_gbps` = 1e9 B/s, `*_tflops` = 1e12 FLOP/s, `*_gflops` = 1e9 FLOP/s,
 
 Compute devices (plan names): `gpu`, `cpu`, `csd{i}.fpga`.
   gpu  DenseCompute  max(flops / (peak * gemm_efficiency), nbytes / mem_bw) + launch
+                     (mem_bw = head_mem_gbps for the LM head where the profile has it)
        Attention     max(flops / (peak * gemm_efficiency),
                          kv_bytes / (mem_bw * attention_efficiency))
                      + score_elements * attention_score_ns  (q_len > 1 only) + launch
@@ -122,7 +123,8 @@ def work_seconds(op: ComputeOp, hw: HardwareProfile, dtype_bytes: int = 2) -> fl
     if isinstance(op, DenseCompute):
         if dev == "gpu":
             t_flops = op.flops / (_gpu_peak_flops(hw, dtype_bytes) * hw.gpu.gemm_efficiency)
-            t_mem = op.nbytes / (_positive(hw.gpu.mem_gbps, "gpu.mem_gbps", hw) * 1e9)
+            mem = hw.gpu.head_mem_gbps if op.what == "head" and hw.gpu.head_mem_gbps > 0 else hw.gpu.mem_gbps
+            t_mem = op.nbytes / (_positive(mem, "gpu.mem_gbps", hw) * 1e9)
             return max(t_flops, t_mem)
         if dev == "cpu":
             return op.flops / (_positive(hw.cpu.gemm_gflops, "cpu.gemm_gflops", hw) * 1e9)

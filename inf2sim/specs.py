@@ -130,6 +130,7 @@ class GpuSpec:
     fp16_tflops: float = 0.0
     fp32_tflops: float = 0.0
     mem_gbps: float = 0.0
+    head_mem_gbps: float = 0.0  # the LM head's weight streaming (a [vocab x hidden] GEMV); 0 = mem_gbps
     gemm_efficiency: float = 1.0
     attention_efficiency: float = 1.0
     attention_score_ns: float = 0.0  # per element of a materialised [q_len, ctx] score matrix (0 = fused attention)
@@ -207,6 +208,10 @@ class CsdSpec:
     # when given, it replaces the fpga model (see GpuSpec.decode_attention_kib).
     attend_kib: List[float] = field(default_factory=list)
     attend_us: List[float] = field(default_factory=list)
+    # Flash commands (loads, stores, spills) one CSD serves at a time, in the order they
+    # come: 0 = no limit (a SmartSSD's NVMe queues serve reads and writes at once); the
+    # emulated CSD's worker has one I/O thread (1).
+    io_threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -303,6 +308,7 @@ def validate(model: ModelSpec, workload: Workload, hw: HardwareProfile, policy: 
         if len(kib) != len(us) or len(kib) == 1 or any(b <= a for a, b in zip(kib, kib[1:])):
             raise SpecError(f"hardware.{where}_kib / _us: equal lengths (0 or >= 2) and increasing sizes are "
                             f"needed, got {list(kib)} / {list(us)}")
+    check_positive("hardware.csd.io_threads", hw.csd.io_threads, allow_zero=True)
     if hw.csd_count > hw.csd.max_count:
         raise SpecError(f"hardware.csd_count={hw.csd_count} is not allowed; this profile holds 0..{hw.csd.max_count}")
     check_choice("policy.kv_on", policy.kv_on, ("gpu", "host", "ssd", "csd"))

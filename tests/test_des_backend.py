@@ -240,3 +240,16 @@ def test_speed_on_a_realistic_plan(record):
     print(f"\nDesBackend record={record}: {n_ops} ops in {wall:.2f} s = {n_ops / wall:,.0f} ops/s; "
           f"simulated {be.now_s:.2f} s")
     assert n_ops >= 390_000 and n_spans == (n_ops if record else 0)
+
+
+@pytest.mark.parametrize("io_threads, want", [(0, {"load": (0.0, 1.0), "sp": (0.0, 0.5)}),
+                                               (1, {"load": (0.0, 1.0), "sp": (1.0, 1.5)})])
+def test_csd_flash_io_threads_serialise_its_moves(io_threads, want):
+    """A load (1 GB at 1 GB/s) and a spill (0.25 GB at 0.5 GB/s) on one CSD's flash: with no
+    limit they run at once on the flash's read and write sides; a CSD that serves one flash
+    command at a time (the emulated CSD's I/O thread) runs the spill after the load."""
+    from dataclasses import replace
+
+    be = DesBackend(replace(TINY, csd=replace(TINY.csd, io_threads=io_threads)))
+    got = be.execute(step(0, xfer("load", "csd0.ssd", "csd0.fpga", GB, req=MiB), spill("sp", GB // 4)))
+    assert times(got + be.finish()) == want

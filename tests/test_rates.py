@@ -109,3 +109,13 @@ def test_bad_attention_curve_is_a_one_line_error():
     with pytest.raises(SpecError, match="cpu.attention_kib"):
         specs_from_config(default_config(model="opt-125m", **{"hardware.cpu.attention_kib": [2.0, 1.0],
                                                               "hardware.cpu.attention_us": [1.0, 2.0]}))
+
+
+def test_lm_head_streams_at_its_own_rate():
+    from dataclasses import replace
+
+    head = DenseCompute("h", (), 0, 0, 0, "head", device="gpu", flops=1e6, nbytes=10**9)
+    assert rates.compute_seconds(head, HW) == pytest.approx(1e-3 + 10e-6)  # mem_gbps 1000
+    hw = replace(HW, gpu=replace(HW.gpu, head_mem_gbps=500))
+    assert rates.compute_seconds(head, hw) == pytest.approx(2e-3 + 10e-6)
+    assert rates.compute_seconds(dense(flops=1e6, nbytes=10**9), hw) == pytest.approx(1e-3 + 10e-6)

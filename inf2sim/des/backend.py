@@ -16,6 +16,8 @@ How ops map onto the model
   during later steps (their spans are returned then), and ops that name them in
   `deps` wait for them.
 - DenseCompute / Attention: the FIFO queue of the device the op names.
+- A move to or from a CSD's flash (`csd{i}.ssd`) waits, FIFO, while that CSD already
+  serves `hw.csd.io_threads` of them (0: no limit); its span starts when it starts.
 
 Deps: an op starts when every dep has completed. A dep on an op of an earlier step
 that this backend never executed (fast fidelity samples steps) counts as done. If
@@ -36,6 +38,7 @@ with >= 1 decode KV transfer in flight). With `record=False` no spans are built
 from __future__ import annotations
 
 import math
+from collections import deque
 from typing import Dict, List, Optional, Set, Tuple
 
 from ..plan import DenseCompute, Op, Span, Spill, StepPlan, Transfer
@@ -87,6 +90,8 @@ class DesBackend:
         # (src, dst, req_bytes) -> (flow route or None when it takes no time, span resource)
         self._routes: Dict[Tuple[str, str, int], tuple] = {}
         self._t0: Dict[str, float] = {}  # transfer -> start time, kept only for recorded spans
+        # CSD flash endpoint -> [moves being served, FIFO of moves waiting] (hw.csd.io_threads > 0)
+        self._csd_io: Dict[str, list] = {}
         self._kv_active = 0  # decode KV transfers in flight; their union in time is kv_io_s
         self._kv_since_s = 0.0
         self._kv_io_s = 0.0
@@ -225,22 +230,30 @@ class DesBackend:
             r = self._routes[key] = (flow, f"{src}->{dst}")
         return r
 
+    def _flash_gate(self, op: Op) -> Optional[list]:
+        """The I/O queue of the CSD whose flash `op` reads or writes, if that CSD serves
+        a limited number of flash commands at once; else None."""
+        if self.hw.csd.io_threads <= 0:
+            return None
+        for end in (op.src, op.dst):  # type: ignore[attr-defined]
+            if end.startswith("csd") and end.endswith(".ssd"):
+                gate = self._csd_io.get(end)
+                if gate is None:
+                    gate = self._csd_io[end] = [0, deque()]
+                return gate
+        return None
+
     def _launch(self, op: Op) -> None:
-        """Start `op` now on its flow or device; `_moved` / `_computed` run when it ends."""
+        """Start `op` now on its flow or device (a CSD flash move may queue first);
+        `_moved` / `_computed` run when it ends."""
         if isinstance(op, _MOVES):
-            r = self._routes.get((op.src, op.dst, op.req_bytes))  # type: ignore[attr-defined]
-            if r is None:
-                r = self._route(op.src, op.dst, op.req_bytes)  # type: ignore[attr-defined]
-            if r[0] is None or op.nbytes <= 0:  # type: ignore[attr-defined]
-                self._call_in(0.0, self._moved, op)
-            else:
-                self._start_flow(r[0], op.nbytes, op.req_bytes, self._moved_cb, op)  # type: ignore[attr-defined]
-            if op.what in KV_WHATS and op.step >= 1:
-                if self._kv_active == 0:
-                    self._kv_since_s = self.env.now
-                self._kv_active += 1
-            if self.record:
-                self._t0[op.name] = self.env.now
+            gate = self._flash_gate(op)
+            if gate is not None:
+                if gate[0] >= self.hw.csd.io_threads:
+                    gate[1].append(op)
+                    return
+                gate[0] += 1
+            self._start_move(op)
         else:
             dev = self.devices.get(op.device)  # type: ignore[attr-defined]
             if dev is None:
@@ -249,8 +262,30 @@ class DesBackend:
                 )
             dev.submit(op, self._computed)
 
+    def _start_move(self, op: Op) -> None:
+        """Start a Transfer or Spill on its flow now (0 s if both ends are one node)."""
+        r = self._routes.get((op.src, op.dst, op.req_bytes))  # type: ignore[attr-defined]
+        if r is None:
+            r = self._route(op.src, op.dst, op.req_bytes)  # type: ignore[attr-defined]
+        if r[0] is None or op.nbytes <= 0:  # type: ignore[attr-defined]
+            self._call_in(0.0, self._moved, op)
+        else:
+            self._start_flow(r[0], op.nbytes, op.req_bytes, self._moved_cb, op)  # type: ignore[attr-defined]
+        if op.what in KV_WHATS and op.step >= 1:
+            if self._kv_active == 0:
+                self._kv_since_s = self.env.now
+            self._kv_active += 1
+        if self.record:
+            self._t0[op.name] = self.env.now
+
     def _moved(self, op: Op) -> None:
         """A Transfer or Spill has ended."""
+        gate = self._flash_gate(op)
+        if gate is not None:
+            gate[0] -= 1
+            if gate[1]:
+                gate[0] += 1
+                self._start_move(gate[1].popleft())
         if op.what in KV_WHATS and op.step >= 1:
             self._kv_active -= 1
             if self._kv_active == 0:
