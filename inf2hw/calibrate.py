@@ -93,7 +93,7 @@ def _steps(opts: CalibrateOptions, has_gpu: bool, hls_ok: bool) -> int:
     sizes = calibrate_io.SIZES_QUICK if opts.quick else calibrate_io.SIZES_FULL
     disk = 3 * len(sizes) * 2 * (2 if opts.procs > 1 else 1)  # modes x sizes x (read, write) x (1, N procs)
     csd = len(_csd_ctx(opts)) + 2  # store, one per context length, appends
-    return 1 + disk + 5 + 2 + 1 + csd * (2 if hls_ok else 1) + (1 if has_gpu else 0)
+    return 1 + disk + 5 + 3 + 1 + csd * (2 if hls_ok else 1) + (1 if has_gpu else 0)
 
 
 def _csd_ctx(opts: CalibrateOptions):

@@ -162,26 +162,32 @@ def dense_device(cal: "Calibration", dev: str, quick: bool, tick) -> None:
         ctxs = (128, 512, 2048, 8192)
     else:
         ctxs = (32, 128, 512, 2048) if quick else (32, 64, 128, 256, 512, 1024, 4096)
-    xs, ts = [], []
-    q = torch.randn(seqs, kvh, 1, d, device=dev).to(dt)
+    curves = {}
+    for group in (1, 4):  # MHA, and GQA's 4 query heads per KV row (4x the arithmetic per byte)
+        xs, ts = [], []
+        q = torch.randn(seqs, kvh * group, 1, d, device=dev).to(dt)
+        new = torch.randn(seqs, kvh, 1, d, device=dev).to(dt)
 
-    def coop(kh, vh):
-        kk, vv = torch.cat([kh, q], dim=2), torch.cat([vh, q], dim=2)
-        return A.attend_partial(A.q_to_rows(q, kvh), A.kv_to_rows(kk), A.kv_to_rows(vv))
+        def coop(kh, vh):
+            kk, vv = torch.cat([kh, new], dim=2), torch.cat([vh, new], dim=2)
+            return A.attend_partial(A.q_to_rows(q, kvh), A.kv_to_rows(kk), A.kv_to_rows(vv))
 
-    for ctx in ctxs:
-        kh = torch.randn(seqs, kvh, ctx - 1, d, device=dev).to(dt)
-        vh = torch.randn(seqs, kvh, ctx - 1, d, device=dev).to(dt)  # distinct from K: both come from memory
-        with torch.inference_mode():
-            ts.append(_time_s(lambda: coop(kh, vh), rep * 2, sync))
-        xs.append(2 * seqs * kvh * ctx * d * kh.element_size())
+        for ctx in ctxs:
+            kh = torch.randn(seqs, kvh, ctx - 1, d, device=dev).to(dt)
+            vh = torch.randn(seqs, kvh, ctx - 1, d, device=dev).to(dt)  # distinct from K: both come from memory
+            with torch.inference_mode():
+                ts.append(_time_s(lambda: coop(kh, vh), rep * 2, sync))
+            xs.append(2 * seqs * kvh * ctx * d * kh.element_size())
+        curves[group] = (xs, ts)
+    xs, ts = curves[1]
     _, per_byte = calibrate_csd.fit_line(xs[-2:], ts[-2:])  # the rate beyond the caches: the two largest
     att_gbps = 1.0 / per_byte / 1e9 if per_byte > 0 else xs[-1] / ts[-1] / 1e9
     how = (f"the engine's cooperative decode attention (cat of history and new token, attend_partial) "
            f"rows={seqs * kvh} d={d} ctx={list(ctxs)} {cal.opts.dtype} on {dev}")
     cal.put("dense_attention_gbps", att_gbps, f"K+V bytes per second, slope of the median times of {how} "
                                               f"over the two largest")
-    cal.put_curve("dense_attention", xs, ts, f"median times of {how}")
+    cal.put_curve("dense_attention", xs, ts, f"median times of {how}, 1 query head per KV row")
+    cal.put_curve("dense_attention_gqa", *curves[4], f"the same with 4 query heads per KV row")
     # prefill: the engine's model.prefill_attention (attend_heads on a CPU: materialised [P, P]
     # fp32 scores per head; fused SDPA on a GPU in fp16): what the score matrix costs beyond
     # the rates model's max(flops, kv bytes) term, per element
@@ -239,6 +245,43 @@ def engine_dispatch(cal: "Calibration", n_ops: int = 64, repeat: int = 5) -> Non
             f"no-op ops: the engine's dispatch cost per op, charged to every op's device or link")
 
 
+def _cpu_attention_times(pool, attend, layout: str, rows: int, d: int, ctxs, dt, repeat: int):
+    """(K+V bytes, median seconds) per ctx of the engine's CPU attention call on `pool`, over
+    K, V laid out by row ("rows": a MemStore view [rows, :n] of a longer buffer) or by token
+    ("tokens": a drive read [n, rows, 2, d], attended in place with the new token as a tail)."""
+    import torch
+
+    from . import attention as A
+
+    xs, ts = [], []
+    for n in ctxs:
+        cap = n + 16
+        q = torch.randn(rows, 1, 1, d).to(dt)
+        kn, vn = torch.randn(rows, 1, d).to(dt), torch.randn(rows, 1, d).to(dt)
+        # distinct K and V, rotated over enough copies (>= 64 MB in all) that every call
+        # reads them from memory, as a layer's history is when the engine reaches it
+        size = 2 * rows * cap * d * torch.empty((), dtype=dt).element_size()
+        copies = min(8, max(1, -(-(64 << 20) // size)))
+        if layout == "rows":
+            bufs = [(torch.randn(rows, cap, d).to(dt), torch.randn(rows, cap, d).to(dt)) for _ in range(copies)]
+            views = [(kb[:, :n], vb[:, :n]) for kb, vb in bufs]
+            extra = {}
+        else:
+            bufs = [torch.randn(cap, rows, 2, d).to(dt) for _ in range(copies)]
+            views = [(b[:n, :, 0].permute(1, 0, 2), b[:n, :, 1].permute(1, 0, 2)) for b in bufs]
+            extra = {"scores_tail": A.tail_scores(q, kn), "v_tail": vn}
+        turn = iter(range(1 << 30))
+
+        def call():
+            kv, vv = views[next(turn) % len(views)]
+            return pool.submit(attend, q, kv, vv, **extra).result()
+
+        with torch.inference_mode():
+            ts.append(_time_s(call, repeat))
+        xs.append(2 * rows * n * d * torch.empty((), dtype=dt).element_size())
+    return xs, ts
+
+
 def cpu_attention(cal: "Calibration", quick: bool, tick) -> None:
     """The engine's CPU attention call, fitted fixed + bytes / rate; and host GEMM."""
     import torch
@@ -252,39 +295,28 @@ def cpu_attention(cal: "Calibration", quick: bool, tick) -> None:
     rows, d = 64, 128  # up to 537 MB (fp32) of K+V: a real KV cache is far beyond the caches
     # from working sets inside the caches to far beyond them (the profile keeps every median)
     ctxs = (16, 128, 1024, 4096) if quick else (16, 32, 64, 128, 256, 512, 1024, 4096, 8192)
-    xs, ts = [], []
     pool = ThreadPoolExecutor(max_workers=1)  # the engine runs CPU attention on a one-thread pool
     try:
-        for n in ctxs:
-            cap = n + 16  # a MemStore view: [rows, :n] of a longer buffer, as the engine reads it
-            q = torch.randn(rows, 1, 1, d).to(dt)
-            # distinct K and V, rotated over enough copies (>= 64 MB in all) that every call
-            # reads them from memory, as a layer's history is when the engine reaches it
-            size = 2 * rows * cap * d * torch.empty((), dtype=dt).element_size()
-            kvs = [(torch.randn(rows, cap, d).to(dt), torch.randn(rows, cap, d).to(dt))
-                   for _ in range(min(8, max(1, -(-(64 << 20) // size))))]
-            turn = iter(range(1 << 30))
-
-            def call():
-                kb, vb = kvs[next(turn) % len(kvs)]
-                return pool.submit(engine_cpu_attention, q, kb[:, :n], vb[:, :n]).result()
-
-            with torch.inference_mode():
-                s = _time_s(call, 5 if quick else 11)
-            xs.append(2 * rows * n * d * kvs[0][0].element_size())
-            ts.append(s)
+        for layout in ("rows", "tokens"):
+            xs, ts = _cpu_attention_times(pool, engine_cpu_attention, layout, rows, d, ctxs, dt, 5 if quick else 11)
+            if layout == "rows":
+                a, b = calibrate_csd.fit_line(xs, ts)
+                how = (f"the engine's ops.cpu_attention submitted to a one-thread pool as the engine does (distinct "
+                       f"K, V, rotated so each call reads them from memory), rows={rows} d={d} ctx={list(ctxs)} "
+                       f"{cal.opts.dtype}, {cal.opts.threads} torch thread(s)")
+                fit = "; fit t = fixed + bytes/rate over the median times"
+                cal.put("cpu_attention_gbps", 1.0 / b / 1e9 if b > 0 else max(xs) / max(ts) / 1e9, how + fit)
+                # the fixed part, at most the smallest median (the profile's curves are the medians less it)
+                cal.put("cpu_attention_fixed_us", min(a, min(ts)) * 1e6, how + fit + ", at most the smallest median")
+                cal.put_curve("cpu_attention", xs, ts, how)
+            else:
+                cal.put_curve("cpu_tokens_attention", xs, ts, (
+                    f"the same call as inf2hw.ops._attend_drives makes it: K, V token-major [ctx, rows, 2, d] as "
+                    f"read back from a drive file, attended in place with the new token as the softmax tail, "
+                    f"rows={rows} d={d} ctx={list(ctxs)} {cal.opts.dtype}"))
+            tick()
     finally:
         pool.shutdown()
-    a, b = calibrate_csd.fit_line(xs, ts)
-    how = (f"the engine's ops.cpu_attention submitted to a one-thread pool as the engine does (distinct K, V, "
-           f"rotated so each call reads them from memory), rows={rows} d={d} "
-           f"ctx={list(ctxs)} {cal.opts.dtype}, {cal.opts.threads} torch thread(s); fit t = fixed + bytes/rate "
-           f"over the median times")
-    cal.put("cpu_attention_gbps", 1.0 / b / 1e9 if b > 0 else max(xs) / max(ts) / 1e9, how)
-    # the fixed part, at most the smallest median (the profile's curve is the medians less it)
-    cal.put("cpu_attention_fixed_us", min(a, min(ts)) * 1e6, how + ", at most the smallest median")
-    cal.put_curve("cpu_attention", xs, ts, how.replace("; fit t = fixed + bytes/rate over the median times", ""))
-    tick()
     m, k, n = (256, 1024, 1024) if quick else (1024, 2048, 2048)
     aa, bb = torch.randn(m, k), torch.randn(k, n)
     s = _time_s(lambda: aa @ bb, 3 if quick else 7)

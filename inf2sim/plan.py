@@ -82,7 +82,10 @@ class Attention(Op):
     (from tokens[0]) come from the device's own store, the rest are the host
     buffer's tail (write-back) shipped with the query. `q_len` queries per row
     (prompt length at prefill, 1 at decode); `group` query heads per KV row.
-    `partial=True` means the output is a partial (out, lse) merged later."""
+    `partial=True` means the output is a partial (out, lse) merged later.
+    `kv_layout` is how the K,V it reads lie in memory: "rows" (each row's positions
+    contiguous, a KV store) or "tokens" (token-major, as read back from FlexGen's drive
+    files: a row's positions are strided), which CPU attention runs at its own rate."""
 
     device: str = "gpu"
     rows: Range = NO_RANGE
@@ -94,6 +97,7 @@ class Attention(Op):
     flops: float = 0.0
     kv_bytes: int = 0
     partial: bool = False
+    kv_layout: str = "rows"
 
 
 @dataclass(slots=True)

@@ -24,7 +24,8 @@ Compute devices (plan names): `gpu`, `cpu`, `csd{i}.fpga`.
        Attention     kv_bytes / attention_gbps + op_overhead
   fpga Attention     inf2sim.accel.attention_seconds(...) + host ipc round trip
 Measured curves, where a calibrated profile has them (`gpu.decode_attention_*` for
-q_len = 1, `cpu.attention_*`, `csd.attend_*`): the attention term is
+q_len = 1, with `decode_attention_gqa_us` at 4 query heads per KV row, groups between
+and beyond interpolated linearly, `cpu.attention_*` (`cpu.tokens_attention_*` for token-major K,V), `csd.attend_*`): the attention term is
 `curve_seconds(kib, us, kv_bytes)` instead of the rate (a KV working set that fits in
 the caches runs several times faster per byte than one streamed from memory; one rate
 cannot say both).
@@ -131,8 +132,12 @@ def work_seconds(op: ComputeOp, hw: HardwareProfile, dtype_bytes: int = 2) -> fl
         raise ValueError(f"op {op.name}: DenseCompute runs on gpu or cpu, not {dev!r}")
     if isinstance(op, Attention):
         if dev == "gpu" and op.q_len == 1 and hw.gpu.decode_attention_kib:
-            return curve_seconds(hw.gpu.decode_attention_kib, hw.gpu.decode_attention_us,
-                                 attention_kv_bytes(op, dtype_bytes))
+            kv, kib = attention_kv_bytes(op, dtype_bytes), hw.gpu.decode_attention_kib
+            t1 = curve_seconds(kib, hw.gpu.decode_attention_us, kv)
+            if op.group == 1 or not hw.gpu.decode_attention_gqa_us:
+                return t1
+            t4 = curve_seconds(kib, hw.gpu.decode_attention_gqa_us, kv)  # measured at 4 query heads per row
+            return max(0.0, t1 + (t4 - t1) * (op.group - 1) / 3.0)
         if dev == "gpu":
             t_flops = attention_flops(op) / (_gpu_peak_flops(hw, dtype_bytes) * hw.gpu.gemm_efficiency)
             mem_Bps = _positive(hw.gpu.mem_gbps, "gpu.mem_gbps", hw) * 1e9 * hw.gpu.attention_efficiency
@@ -141,6 +146,9 @@ def work_seconds(op: ComputeOp, hw: HardwareProfile, dtype_bytes: int = 2) -> fl
                 rows, stored, n_tail = attention_shape(op)
                 t += rows * op.group * op.q_len * (stored + n_tail) * hw.gpu.attention_score_ns * 1e-9
             return t
+        if dev == "cpu" and op.kv_layout == "tokens" and hw.cpu.tokens_attention_kib:
+            return curve_seconds(hw.cpu.tokens_attention_kib, hw.cpu.tokens_attention_us,
+                                 attention_kv_bytes(op, dtype_bytes))
         if dev == "cpu" and hw.cpu.attention_kib:
             return curve_seconds(hw.cpu.attention_kib, hw.cpu.attention_us, attention_kv_bytes(op, dtype_bytes))
         if dev == "cpu":
@@ -167,7 +175,8 @@ def op_shape(op: ComputeOp) -> tuple:
     time, so callers timing ~10^5 ops of a few hundred shapes memoise on this key.
     Exact classes only (a subclass may time itself differently): None otherwise."""
     if type(op) is Attention:
-        return (op.device, op.rows, op.tokens, op.stored_len, op.q_len, op.group, op.head_dim, op.flops, op.kv_bytes)
+        return (op.device, op.rows, op.tokens, op.stored_len, op.q_len, op.group, op.head_dim, op.flops, op.kv_bytes,
+                op.kv_layout)
     if type(op) is DenseCompute:
         return (op.device, op.flops, op.nbytes)
     return None

@@ -143,6 +143,8 @@ class GpuSpec:
     # kv / (mem_gbps * attention_efficiency): small working sets stay in the caches.
     decode_attention_kib: List[float] = field(default_factory=list)
     decode_attention_us: List[float] = field(default_factory=list)
+    # The same sizes with 4 query heads per KV row (GQA); other groups interpolate linearly
+    decode_attention_gqa_us: List[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,9 @@ class CpuSpec:
     # it replaces kv / attention_gbps (see GpuSpec.decode_attention_kib).
     attention_kib: List[float] = field(default_factory=list)
     attention_us: List[float] = field(default_factory=list)
+    # The same over token-major K,V (Attention.kv_layout = "tokens": FlexGen's drive reads)
+    tokens_attention_kib: List[float] = field(default_factory=list)
+    tokens_attention_us: List[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -302,8 +307,12 @@ def validate(model: ModelSpec, workload: Workload, hw: HardwareProfile, policy: 
         raise SpecError(f"workload.num_micro_batches={workload.num_micro_batches} must divide workload.batch={workload.batch}")
     check_positive("hardware.ssd_count", hw.ssd_count, allow_zero=True)
     check_positive("hardware.csd_count", hw.csd_count, allow_zero=True)
+    if hw.gpu.decode_attention_gqa_us and len(hw.gpu.decode_attention_gqa_us) != len(hw.gpu.decode_attention_kib):
+        raise SpecError(f"hardware.gpu.decode_attention_gqa_us: one time per decode_attention_kib size is needed, "
+                        f"got {len(hw.gpu.decode_attention_gqa_us)} for {len(hw.gpu.decode_attention_kib)}")
     for where, kib, us in (("gpu.decode_attention", hw.gpu.decode_attention_kib, hw.gpu.decode_attention_us),
                            ("cpu.attention", hw.cpu.attention_kib, hw.cpu.attention_us),
+                           ("cpu.tokens_attention", hw.cpu.tokens_attention_kib, hw.cpu.tokens_attention_us),
                            ("csd.attend", hw.csd.attend_kib, hw.csd.attend_us)):
         if len(kib) != len(us) or len(kib) == 1 or any(b <= a for a, b in zip(kib, kib[1:])):
             raise SpecError(f"hardware.{where}_kib / _us: equal lengths (0 or >= 2) and increasing sizes are "

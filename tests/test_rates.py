@@ -97,9 +97,19 @@ def test_measured_attention_curves_replace_the_rates():
     assert rates.compute_seconds(attn("cpu", kv_bytes=kib), hw) == pytest.approx(350e-6)
     assert rates.compute_seconds(attn("cpu", kv_bytes=5000 * 1024), hw) == pytest.approx(950e-6)  # beyond the end
     assert rates.compute_seconds(attn("gpu", kv_bytes=3000 * 1024, tokens=(0, 1000)), hw) == pytest.approx(60e-6)
+    # GQA: measured at 4 query heads per KV row; 2 heads lie a third of the way from 1 to 4
+    gqa = replace(hw, gpu=replace(hw.gpu, decode_attention_gqa_us=[40.0, 90.0]))
+    assert rates.compute_seconds(attn("gpu", kv_bytes=kib, group=4), gqa) == pytest.approx(100e-6)
+    assert rates.compute_seconds(attn("gpu", kv_bytes=kib, group=2), gqa) == pytest.approx((30 + 20 + 10) * 1e-6)  # + launch
     # the emulated CSD's curve is sized by accel.kv_bytes: 4 rows x 1000 tokens x 128 x 4 B = 2000 KiB
     assert rates.compute_seconds(attn("csd0.fpga"), hw) == pytest.approx((40 + 20 * 1900 / 100 + 20) * 1e-6)
     assert rates.compute_seconds(attn("cpu", kv_bytes=kib), HW) == pytest.approx(kib / 20e9 + 50e-6)
+    # token-major K,V (FlexGen's drive reads) use their own curve where the profile has one
+    tok = replace(hw, cpu=replace(hw.cpu, tokens_attention_kib=[1000.0, 3000.0], tokens_attention_us=[200.0, 1000.0]))
+    from dataclasses import replace as _r
+    op = _r(attn("cpu", kv_bytes=kib), kv_layout="tokens")
+    assert rates.compute_seconds(op, tok) == pytest.approx(650e-6)
+    assert rates.compute_seconds(op, hw) == pytest.approx(350e-6)  # no such curve: the rows one
 
 
 def test_bad_attention_curve_is_a_one_line_error():

@@ -78,10 +78,10 @@ class FlexGenBuilder(PlanBuilder):
         p, ops = b.prefix(L, m), b.ops
         attn = p + "attn"
 
-        def attention(deps, device: str) -> str:
+        def attention(deps, device: str, kv_layout: str = "rows") -> str:
             return b.put(Attention(attn, deps, s, L, m, "attn_out", device, (0, rows), (0, ctx), ctx - 1, 1,
                                    md.group_size, md.head_dim, 4.0 * rows * md.group_size * ctx * md.head_dim,
-                                   self._rows_kv_bytes(ctx, rows), False))
+                                   self._rows_kv_bytes(ctx, rows), False, kv_layout))
 
         if self.kv_on == "gpu":
             return [attention((qkv,), "gpu")]
@@ -102,7 +102,8 @@ class FlexGenBuilder(PlanBuilder):
         if device == "gpu":  # KV streamed to the GPU for attention there (DeepSpeed-like)
             hist = self._rows_kv_bytes(ctx - 1, rows)
             deps.append(b.add(Transfer, L, m, "kv_h2d", "kv", deps[1:] or [qkv], src="dram", dst="gpu", nbytes=hist))
-        attention(tuple(deps), device)
+        # the drives' reads stay token-major where the CPU attends over them (inf2hw.ops._attend_drives)
+        attention(tuple(deps), device, "tokens" if disks and device == "cpu" else "rows")
         if disks:
             self.buffers.used_by("disks", attn)
             n = self._rows_kv_bytes(1, rows) // len(disks)
