@@ -144,12 +144,16 @@ def measure(opts: CalibrateOptions, run_dir: Optional[str] = None, progress: boo
         bar.set_postfix_str("engine dispatch")
         calibrate_dense.engine_dispatch(cal)
         tick()
+        # each CSD worker computes on the engine's share for it (inf2hw.run.csd_threads_for, procs CSDs), with
+        # enough rows per call to keep those threads busy
+        csd_threads = max(1, min(opts.threads, (os.cpu_count() or 1) // max(1, opts.procs)))  # procs: the CSDs
         for compute in (["torch"] + (["hls"] if hls_why is None else [])):
             bar.set_postfix_str(f"emulated CSD ({compute})")
             dtype = opts.dtype if compute == "torch" else "fp16"
-            cal.csd[compute] = calibrate_csd.measure_csd(work, compute, dtype, 128, 1, 64, _csd_ctx(opts),
-                                                         5 if opts.quick else 9, tick,
-                                                         direct_io="on" if opts.csd_io == "direct" else "off")
+            cal.csd[compute] = calibrate_csd.measure_csd(work, compute, dtype, 128, 1, 64 * csd_threads,
+                                                         _csd_ctx(opts), 5 if opts.quick else 9, tick,
+                                                         direct_io="on" if opts.csd_io == "direct" else "off",
+                                                         threads=csd_threads)
     finally:
         bar.close()
         shutil.rmtree(work, ignore_errors=True)

@@ -61,8 +61,9 @@ class CsdCosts:
 
 def measure_csd(directory: str, compute: str = "torch", dtype: str = "fp32", head_dim: int = 128, group: int = 1,
                 rows: int = 16, ctx: Sequence[int] = (256, 1024, 2048), repeat: int = 5,
-                tick: Callable[[], None] = lambda: None, direct_io: str = "auto") -> CsdCosts:
-    """Time one emulated CSD's commands (see the module docstring)."""
+                tick: Callable[[], None] = lambda: None, direct_io: str = "auto", threads: int = 1) -> CsdCosts:
+    """Time one emulated CSD's commands (see the module docstring); its worker computes on
+    `threads` torch threads (the share of the cores the engine gives each CSD)."""
     import torch
 
     from inf2sim.accel import kv_bytes
@@ -76,7 +77,7 @@ def measure_csd(directory: str, compute: str = "torch", dtype: str = "fp32", hea
                     num_layers=1, num_micro_batches=1, rows=rows, row_lo=0, capacity_tokens=cap,
                     head_dim=head_dim, group=group, dtype=dtype, compute=compute, direct_io=direct_io,
                     timeout_s=60.0)
-    dev = EmulatedCsd(cfg)
+    dev = EmulatedCsd(cfg, compute_threads=threads)
     tdt = TORCH_DTYPE[dtype]
     try:
         g = torch.Generator().manual_seed(0)
