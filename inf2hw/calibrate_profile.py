@@ -175,6 +175,9 @@ def profile_yaml(cal: Calibration, csd_count: int = 2, ssd_count: int = 2) -> st
         f"time ({_r(csd.attend_fixed_us) if csd else 0} us, fit below){plus} ({src})",
         "  price_usd: 0",
         "  power_w: 0",
+        *([f"  shared_cores: {os.cpu_count()}   # os.cpu_count(): the dense device (this CPU), the CPU-attention "
+           "thread and the emulated CSDs' workers all compute on these cores",
+           "  core_devices: [gpu, cpu, fpga]"] if not gpu else []),
         "  dram:   # every host-side flow crosses this link; no flow here is limited by DRAM itself (DMA from pinned",
         "         # memory, or the CPU copies charged on the links that make them), so it does not limit",
         f"    up_gbps: {NO_COPY_GBPS:g}   # (CPU memcpy measured {_r(memcpy)} GB/s: {cal.how['memcpy_gbps']}, {src})",

@@ -173,6 +173,12 @@ class HostSpec:
     ipc_us: float = 0.0
     price_usd: float = 0.0
     power_w: float = 0.0
+    # Host cores that the compute devices named in `core_devices` (gpu, cpu, fpga = every
+    # CSD's) share, one core per op in service (inf2sim.des.devices.CoreShare); 0 = each
+    # device has its own (real GPUs and FPGAs). A CPU-only machine running emulated CSDs
+    # runs all three on its cores.
+    shared_cores: int = 0
+    core_devices: List[str] = field(default_factory=lambda: ["cpu", "fpga"])
 
 
 @dataclass(frozen=True)
@@ -318,6 +324,9 @@ def validate(model: ModelSpec, workload: Workload, hw: HardwareProfile, policy: 
             raise SpecError(f"hardware.{where}_kib / _us: equal lengths (0 or >= 2) and increasing sizes are "
                             f"needed, got {list(kib)} / {list(us)}")
     check_positive("hardware.csd.io_threads", hw.csd.io_threads, allow_zero=True)
+    check_positive("hardware.host.shared_cores", hw.host.shared_cores, allow_zero=True)
+    for dev in hw.host.core_devices:
+        check_choice("hardware.host.core_devices[]", dev, ("gpu", "cpu", "fpga"))
     if hw.csd_count > hw.csd.max_count:
         raise SpecError(f"hardware.csd_count={hw.csd_count} is not allowed; this profile holds 0..{hw.csd.max_count}")
     check_choice("policy.kv_on", policy.kv_on, ("gpu", "host", "ssd", "csd"))

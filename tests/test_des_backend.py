@@ -253,3 +253,20 @@ def test_csd_flash_io_threads_serialise_its_moves(io_threads, want):
     be = DesBackend(replace(TINY, csd=replace(TINY.csd, io_threads=io_threads)))
     got = be.execute(step(0, xfer("load", "csd0.ssd", "csd0.fpga", GB, req=MiB), spill("sp", GB // 4)))
     assert times(got + be.finish()) == want
+
+
+def test_shared_host_cores_stretch_concurrent_compute():
+    """On one shared core, a 1 s dense op and a 0.5 s CPU op that start together progress at
+    half speed: the short one ends at 1 s, the long one finishes its last 0.5 s alone (1.5 s).
+    Devices not listed in core_devices keep their own cores."""
+    from dataclasses import replace
+
+    ops = (gemm("g", 1.0), gemm("c", 0.5e-3, device="cpu"))
+    alone = DesBackend(TINY).execute(step(0, *ops))
+    assert times(alone) == {"g": (0.0, 1.0), "c": (0.0, 0.5)}
+    shared = replace(TINY, host=replace(TINY.host, shared_cores=1, core_devices=["gpu", "cpu"]))
+    assert times(DesBackend(shared).execute(step(0, *ops))) == {"g": (0.0, 1.5), "c": (0.0, 1.0)}
+    two = replace(TINY, host=replace(TINY.host, shared_cores=2, core_devices=["gpu", "cpu"]))
+    assert times(DesBackend(two).execute(step(0, *ops))) == {"g": (0.0, 1.0), "c": (0.0, 0.5)}
+    only_cpu = replace(TINY, host=replace(TINY.host, shared_cores=1, core_devices=["cpu"]))
+    assert times(DesBackend(only_cpu).execute(step(0, *ops))) == {"g": (0.0, 1.0), "c": (0.0, 0.5)}

@@ -16,6 +16,9 @@ How ops map onto the model
   during later steps (their spans are returned then), and ops that name them in
   `deps` wait for them.
 - DenseCompute / Attention: the FIFO queue of the device the op names.
+- With `hw.host.shared_cores` > 0, the devices of `hw.host.core_devices` share that many
+  host cores (processor sharing: `inf2sim.des.devices.CoreShare`); a span is then the op's
+  stretched service time.
 - A move to or from a CSD's flash (`csd{i}.ssd`) waits, FIFO, while that CSD already
   serves `hw.csd.io_threads` of them (0: no limit); its span starts when it starts.
 
@@ -44,7 +47,7 @@ from typing import Dict, List, Optional, Set, Tuple
 from ..plan import DenseCompute, Op, Span, Spill, StepPlan, Transfer
 from ..specs import HardwareProfile
 from ..topology import Topology, build_topology, endpoint_node
-from .devices import ComputeDevice, make_device
+from .devices import ComputeDevice, CoreShare, make_device
 from .flows import FlowNetwork
 from .kernel import Kernel
 
@@ -77,6 +80,7 @@ class DesBackend:
         self._call_in, self._start_flow = self.env.call_in, self.flows.start_on
         self._moved_cb = self._moved  # one bound method for every flow (FlowNetwork batches by identity)
         self.devices: Dict[str, ComputeDevice] = {}
+        self._cores = CoreShare(self.env, hw.host.shared_cores) if hw.host.shared_cores > 0 else None
         self._done: Set[str] = set()  # every op completed before the current step began
         self._finished: List[str] = []  # ops completed since (moved into _done by _admit)
         # op admitted, not completed -> its cell [deps still outstanding, op]; the ops
@@ -260,6 +264,9 @@ class DesBackend:
                 dev = self.devices[op.device] = make_device(  # type: ignore[attr-defined]
                     self.env, op.device, self.hw, self.dtype_bytes, self.cpu_slots  # type: ignore[attr-defined]
                 )
+                kind = "fpga" if op.device.endswith(".fpga") else op.device  # type: ignore[attr-defined]
+                if self._cores is not None and kind in self.hw.host.core_devices:
+                    dev.cores = self._cores
             dev.submit(op, self._computed)
 
     def _start_move(self, op: Op) -> None:

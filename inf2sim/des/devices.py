@@ -14,7 +14,7 @@ No simpy process or event per op: a finishing op's callback (`call_in` of
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Deque, Tuple
+from typing import Callable, Deque, Optional, Tuple
 
 import simpy
 
@@ -68,12 +68,17 @@ class Device:
     def busy_union_s(self) -> float:
         return self._union_s + (self.env.now - self._busy_since_s if self._running else 0.0)
 
+    cores: Optional["CoreShare"] = None  # set when this device's ops run on shared host cores
+
     def _serve(self, op: Op, on_done, was_queued: bool) -> None:
         now = self.env.now
         if self._running == 0:
             self._busy_since_s = now
         self._running += 1
-        self._call_in(self.service_s(op), self._finish, (op, on_done, was_queued, now))
+        if self.cores is not None:
+            self.cores.start(self.service_s(op), self._finish, (op, on_done, was_queued, now))
+        else:
+            self._call_in(self.service_s(op), self._finish, (op, on_done, was_queued, now))
 
     def _finish(self, job: tuple) -> None:
         op, on_done, was_queued, start_s = job
@@ -96,6 +101,58 @@ class Device:
         self.busy_s += now - start_s
         if self._queue:
             self._serve(*self._queue.popleft())
+
+
+class CoreShare:
+    """Host cores shared by the compute devices whose work is host CPU work (on a machine
+    with no GPU: the dense device, the CPU-attention thread and the emulated CSDs'
+    workers). Each op in service needs one core; while more ops than `cores` are in
+    service they share the cores equally (processor sharing), so each progresses at
+    cores / active of its solo speed. `start(work_s, fn, arg)` calls `fn(arg)` when the
+    op's solo service time `work_s` has been done. A change of the active set re-times
+    every op in service (few at once: a handful of devices)."""
+
+    def __init__(self, env: simpy.Environment, cores: int):
+        if cores < 1:
+            raise ValueError(f"shared host cores: {cores} must be >= 1")
+        self.env = env
+        self.cores = cores
+        self._jobs: dict = {}  # job id -> [work left (solo s), fn, arg, version]
+        self._mark_s = 0.0
+        self._ids = 0
+        self._call_in = call_in_for(env)
+
+    def _rate(self) -> float:
+        return min(1.0, self.cores / len(self._jobs)) if self._jobs else 1.0
+
+    def _retime(self) -> None:
+        rate = self._rate()
+        for jid, job in self._jobs.items():
+            job[3] += 1
+            self._call_in(job[0] / rate, self._done, (jid, job[3]))
+
+    def _advance(self) -> None:
+        now = self.env.now
+        rate = self._rate()
+        for job in self._jobs.values():
+            job[0] = max(0.0, job[0] - (now - self._mark_s) * rate)
+        self._mark_s = now
+
+    def start(self, work_s: float, fn, arg) -> None:
+        self._advance()
+        self._ids += 1
+        self._jobs[self._ids] = [work_s, fn, arg, 0]
+        self._retime()
+
+    def _done(self, key) -> None:
+        jid, version = key
+        job = self._jobs.get(jid)
+        if job is None or job[3] != version:
+            return  # re-timed since
+        self._advance()
+        del self._jobs[jid]
+        self._retime()
+        job[1](job[2])
 
 
 class ComputeDevice(Device):
