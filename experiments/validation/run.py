@@ -134,8 +134,10 @@ def main() -> None:
         head = [f"# Validation on `{hw_name}`: engine (backend=emu) vs DES (backend=sim)", "",
                 f"Command: `{cmd}`  ", f"Date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}  ",
                 f"Machine: {platform.node()} {platform.machine()}, device={a.device}, dtype={a.dtype}, "
-                f"csd.direct_io={a.direct_io}, engine runs per config {a.repeat} x {a.passes} pass(es) (median run compared), "
-                f"batch {a.batch}, gen {a.gen}, torch threads {torch.get_num_threads()}  ",
+                f"csd.direct_io={a.direct_io}, "
+                + ("engine runs re-simulated from --work (the median run each config's sweep kept), " if a.resim else
+                   f"engine runs per config {a.repeat} x {a.passes} pass(es) (median run compared), ")
+                + f"batch {a.batch}, gen {a.gen}, torch threads {torch.get_num_threads()}  ",
                 f"Error = simulated / measured - 1 (total tokens/s). Per-op-kind MAPE over ops matched by name with a "
                 f"measured duration >= {a.floor_ms:g} ms. Within bounds: |error| <= 10 % and every kind's MAPE <= 20 %.  ",
                 f"{ok} of {len(results)} configurations within bounds"
