@@ -96,6 +96,7 @@ class DesBackend:
         self._t0: Dict[str, float] = {}  # transfer -> start time, kept only for recorded spans
         # CSD flash endpoint -> [moves being served, FIFO of moves waiting] (hw.csd.io_threads > 0)
         self._csd_io: Dict[str, list] = {}
+        self._io_threads = hw.csd.io_threads
         self._kv_active = 0  # decode KV transfers in flight; their union in time is kv_io_s
         self._kv_since_s = 0.0
         self._kv_io_s = 0.0
@@ -237,7 +238,7 @@ class DesBackend:
     def _flash_gate(self, op: Op) -> Optional[list]:
         """The I/O queue of the CSD whose flash `op` reads or writes, if that CSD serves
         a limited number of flash commands at once; else None."""
-        if self.hw.csd.io_threads <= 0:
+        if self._io_threads <= 0:
             return None
         for end in (op.src, op.dst):  # type: ignore[attr-defined]
             if end.startswith("csd") and end.endswith(".ssd"):
@@ -253,7 +254,7 @@ class DesBackend:
         if isinstance(op, _MOVES):
             gate = self._flash_gate(op)
             if gate is not None:
-                if gate[0] >= self.hw.csd.io_threads:
+                if gate[0] >= self._io_threads:
                     gate[1].append(op)
                     return
                 gate[0] += 1
