@@ -149,12 +149,10 @@ def dense_device(cal: "Calibration", dev: str, quick: bool, tick) -> None:
             f"(attention.q_to_rows / kv_to_rows + .to('cpu')) on {dev}: the fixed cost of a copy op")
     if dev.startswith("cuda"):
         cal.put("gpu_memory_gb", torch.cuda.get_device_properties(0).total_memory / 1e9, "torch device properties")
-    # decode attention: the slope over two sizes (the fixed part is launch / call overhead), with
-    # working sets far beyond the caches, as a real KV cache is
     # The engine's decode attention on the dense device (the X-cache's cooperative rows,
     # inf2hw.ops._coop_attention): the history's K,V joined with the new token's, then
-    # attend_partial over rows. Slope over two sizes (the fixed part is launch / call
-    # overhead), with working sets far beyond the caches, as a real KV cache is.
+    # attend_partial over rows. Every size's median is kept (the profile's curve); the rate
+    # is the slope over the two largest (working sets far beyond the caches).
     seqs, kvh, d = (32, 8, 128) if dev.startswith("cuda") else (8, 8, 128)
     # from working sets that stay in the caches (a small batch's regenerated rows) to ones
     # far beyond them; the profile keeps every median (gpu.decode_attention_*)

@@ -80,7 +80,7 @@ class OpRunner:
         self.io = StampedPool(max_workers=2, thread_name_prefix="inf2-io")
         threads = (ctx.cpu_threads,) if ctx.cpu_threads > 0 else ()  # OpenMP teams are per thread: set it on that thread
         self.cpu = StampedPool(max_workers=1, thread_name_prefix="inf2-cpu",
-                                      initializer=torch.set_num_threads if threads else None, initargs=threads)
+                               initializer=torch.set_num_threads if threads else None, initargs=threads)
         self._copy: Optional[ThreadPoolExecutor] = None  # relay -> pageable store copies (`copy_pool`)
         self.attn_ws = AttnWorkspace()  # used by the CPU attention thread only
         self._rope_cache: Dict[tuple, Optional[tuple]] = {}  # (step, t0, t1, seqs) -> RoPE cos, sin
