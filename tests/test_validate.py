@@ -78,3 +78,26 @@ def test_stamped_pool_spans_are_busy_time_not_queueing():
         assert 0.05 <= b1 - b0 < 0.09
     finally:
         pool.shutdown()
+
+
+def test_midpoint_profile_averages_numbers_and_keeps_names():
+    """The bracketing profile: the mean of every number (curves element-wise), AFTER's
+    strings and name lists; a curve measured over other sizes keeps AFTER's."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "validation" / "midpoint_profile.py"
+    spec = importlib.util.spec_from_file_location("midpoint_profile", path)
+    mp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mp)
+    before = {"name": "a", "gpu": {"mem_gbps": 6.0, "decode_attention_kib": [1, 2], "decode_attention_us": [10, 20]},
+              "cpu": {"cores": 2, "attention_kib": [1, 2], "attention_us": [4, 8]},
+              "host": {"core_devices": ["gpu", "cpu"]}, "has_gpu": True}
+    after = {"name": "b", "gpu": {"mem_gbps": 8.0, "decode_attention_kib": [1, 2], "decode_attention_us": [30, 40]},
+             "cpu": {"cores": 2, "attention_kib": [1, 4], "attention_us": [6, 12]},
+             "host": {"core_devices": ["gpu", "cpu", "fpga"]}, "has_gpu": True}
+    mid = mp.midpoint(before, after)
+    assert mid["gpu"]["mem_gbps"] == 7.0 and mid["cpu"]["cores"] == 2 and mid["has_gpu"] is True
+    assert mid["gpu"]["decode_attention_us"] == [20, 30] and mid["gpu"]["decode_attention_kib"] == [1, 2]
+    assert mid["cpu"]["attention_us"] == [6, 12] and mid["cpu"]["attention_kib"] == [1, 4]  # other sizes: AFTER's
+    assert mid["host"]["core_devices"] == ["gpu", "cpu", "fpga"] and mid["name"] == "b"
