@@ -139,6 +139,29 @@ def merge_partials(parts: Sequence[Partial]) -> Partial:
     return out, lse
 
 
+# ----------------------------------------------- X-cache rows: history plus a slot
+def kv_with_slot(k_hist: torch.Tensor, v_hist: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Regenerated history k, v [b, kv_heads, ctx-1, d] (any strides: a projection's
+    transposed view) -> contiguous K, V [b, kv_heads, ctx, d] whose last position is a
+    free slot for the step's new token (`attend_slot` fills it). The one copy the
+    cooperative attention needs happens here, where the history is made."""
+    b, kvh, t, d = k_hist.shape
+    K = torch.empty(b, kvh, t + 1, d, dtype=k_hist.dtype, device=k_hist.device)
+    V = torch.empty_like(K)
+    K[:, :, :t].copy_(k_hist)
+    V[:, :, :t].copy_(v_hist)
+    return K, V
+
+
+def attend_slot(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor) -> Partial:
+    """Decode attention of q [b, heads, 1, d] over `kv_with_slot`'s K, V [b, kv_heads, ctx, d]
+    with the new token's k_new, v_new [b, kv_heads, 1, d] written into the slot: the same
+    keys in the same order as attending over cat(history, new), without the copy."""
+    K[:, :, -1:].copy_(k_new)
+    V[:, :, -1:].copy_(v_new)
+    return attend_partial(q_to_rows(q, K.shape[1]), kv_to_rows(K), kv_to_rows(V))
+
+
 # -------------------------------------------------------- delayed write-back (v2)
 def tail_scores(q: torch.Tensor, k_tail: torch.Tensor) -> torch.Tensor:
     """Host side of write-back v2: scaled scores of q against the buffered tail keys.

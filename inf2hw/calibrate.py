@@ -78,9 +78,15 @@ class Calibration:
     seconds: float = 0.0
 
     curves: Dict[str, Any] = field(default_factory=dict)  # name -> {"bytes": [...], "seconds": [...]} medians
+    series: Dict[str, Any] = field(default_factory=dict)  # name -> (xs, ys): other measured curves
 
     def put(self, key: str, value: float, how: str) -> None:
         self.values[key] = float(value)
+        self.how[key] = how
+
+    def put_series(self, key: str, xs: List[float], ys: List[float], how: str) -> None:
+        """A measured quantity over a parameter other than bytes (its units in `how`)."""
+        self.series[key] = ([float(x) for x in xs], [float(y) for y in ys])
         self.how[key] = how
 
     def put_curve(self, key: str, nbytes: List[float], seconds: List[float], how: str) -> None:

@@ -150,8 +150,9 @@ def dense_device(cal: "Calibration", dev: str, quick: bool, tick) -> None:
     if dev.startswith("cuda"):
         cal.put("gpu_memory_gb", torch.cuda.get_device_properties(0).total_memory / 1e9, "torch device properties")
     # The engine's decode attention on the dense device (the X-cache's cooperative rows,
-    # inf2hw.ops._coop_attention): the history's K,V joined with the new token's, then
-    # attend_partial over rows. Every size's median is kept (the profile's curve); the rate
+    # inf2hw.ops._coop_attention): the new token's K,V written into the slot of the buffer
+    # the regeneration filled (attention.kv_with_slot, not timed: kv_regen's work), then
+    # attend_partial over rows (attention.attend_slot). Every size's median is kept (the profile's curve); the rate
     # is the slope over the two largest (working sets far beyond the caches).
     seqs, kvh, d = (32, 8, 128) if dev.startswith("cuda") else (8, 8, 128)
     # from working sets that stay in the caches (a small batch's regenerated rows) to ones
@@ -166,21 +167,28 @@ def dense_device(cal: "Calibration", dev: str, quick: bool, tick) -> None:
         q = torch.randn(seqs, kvh * group, 1, d, device=dev).to(dt)
         new = torch.randn(seqs, kvh, 1, d, device=dev).to(dt)
 
-        def coop(kh, vh):
-            kk, vv = torch.cat([kh, new], dim=2), torch.cat([vh, new], dim=2)
-            return A.attend_partial(A.q_to_rows(q, kvh), A.kv_to_rows(kk), A.kv_to_rows(vv))
-
         for ctx in ctxs:
-            kh = torch.randn(seqs, kvh, ctx - 1, d, device=dev).to(dt)
-            vh = torch.randn(seqs, kvh, ctx - 1, d, device=dev).to(dt)  # distinct from K: both come from memory
+            size = 2 * seqs * kvh * ctx * d * q.element_size()
+            # rotated over copies (>= 64 MB in all): in the engine the layer's dense ops stream
+            # their weights between a history's regeneration and its attention, so it is read
+            # from memory, not from the caches
+            bufs = [A.kv_with_slot(torch.randn(seqs, kvh, ctx - 1, d, device=dev).to(dt),
+                                   torch.randn(seqs, kvh, ctx - 1, d, device=dev).to(dt)) for _ in range(_copies(size))]
+            turn = iter(range(1 << 30))
+
+            def call():
+                kk, vv = bufs[next(turn) % len(bufs)]
+                return A.attend_slot(q, kk, vv, new, new)
+
             with torch.inference_mode():
-                ts.append(_time_s(lambda: coop(kh, vh), rep * 2, sync))
-            xs.append(2 * seqs * kvh * ctx * d * kh.element_size())
+                ts.append(_time_s(call, rep * 2, sync))
+            xs.append(size)
+            del bufs
         curves[group] = (xs, ts)
     xs, ts = curves[1]
     _, per_byte = calibrate_csd.fit_line(xs[-2:], ts[-2:])  # the rate beyond the caches: the two largest
     att_gbps = 1.0 / per_byte / 1e9 if per_byte > 0 else xs[-1] / ts[-1] / 1e9
-    how = (f"the engine's cooperative decode attention (cat of history and new token, attend_partial) "
+    how = (f"the engine's cooperative decode attention (attention.attend_slot: new token into the slot, attend_partial) "
            f"rows={seqs * kvh} d={d} ctx={list(ctxs)} {cal.opts.dtype} on {dev}")
     cal.put("dense_attention_gbps", att_gbps, f"K+V bytes per second, slope of the median times of {how} "
                                               f"over the two largest")
@@ -203,9 +211,12 @@ def dense_device(cal: "Calibration", dev: str, quick: bool, tick) -> None:
         xs.append(heads * p * p)
         res.append(s - base)
     _, per = calibrate_csd.fit_line(xs, res)
-    cal.put("attention_score_ns", per * 1e9,
-            f"slope over P={list(ps)} of (median time of model.prefill_attention, {heads} heads d={d}, minus "
-            f"max(flops/peak, kv/attention rate)) per score element heads*P*P, {cal.opts.dtype} on {dev}")
+    how = (f"(median time of model.prefill_attention, {heads} heads d={d}, minus max(flops/peak, kv/attention "
+           f"rate)) per score element heads*P*P, {cal.opts.dtype} on {dev}")
+    cal.put("attention_score_ns", per * 1e9, f"slope over P={list(ps)} of {how}")
+    # per P as well: a small [P, P] score matrix stays in the caches, a large one does not
+    cal.put_series("attention_score_q", list(ps), [max(0.0, r / x * 1e9) for r, x in zip(res, xs)],
+                   f"at each P of {how}")
     tick()
 
 
@@ -243,6 +254,12 @@ def engine_dispatch(cal: "Calibration", n_ops: int = 64, repeat: int = 5) -> Non
             f"no-op ops: the engine's dispatch cost per op, charged to every op's device or link")
 
 
+def _copies(nbytes: int, total: int = 64 << 20) -> int:
+    """How many copies of an `nbytes` working set a timing loop rotates over so that every
+    call reads it from memory (>= `total` bytes in all: beyond a server's last-level cache)."""
+    return min(64, max(1, -(-total // nbytes)))
+
+
 def _cpu_attention_times(pool, attend, layout: str, rows: int, d: int, ctxs, dt, repeat: int):
     """(K+V bytes, median seconds) per ctx of the engine's CPU attention call on `pool`, over
     K, V laid out by row ("rows": a MemStore view [rows, :n] of a longer buffer) or by token
@@ -259,7 +276,7 @@ def _cpu_attention_times(pool, attend, layout: str, rows: int, d: int, ctxs, dt,
         # distinct K and V, rotated over enough copies (>= 64 MB in all) that every call
         # reads them from memory, as a layer's history is when the engine reaches it
         size = 2 * rows * cap * d * torch.empty((), dtype=dt).element_size()
-        copies = min(8, max(1, -(-(64 << 20) // size)))
+        copies = _copies(size)
         if layout == "rows":
             bufs = [(torch.randn(rows, cap, d).to(dt), torch.randn(rows, cap, d).to(dt)) for _ in range(copies)]
             views = [(kb[:, :n], vb[:, :n]) for kb, vb in bufs]

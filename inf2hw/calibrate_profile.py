@@ -70,6 +70,14 @@ def _measured(cal: Calibration, key: str, prefix: str, fixed_us: float, fixed_na
                         f"{cal.how[key]} ({src})")
 
 
+def _series(cal: Calibration, key: str, prefix: str, x_what: str, y_suffix: str, src: str) -> List[str]:
+    if key not in cal.series:
+        return []
+    xs, ys = cal.series[key]
+    return [f"{prefix}: {_fmt_list(xs)}   # {x_what}",
+            f"{prefix}{y_suffix}: {_fmt_list(ys)}   # {cal.how[key]} ({src})"]
+
+
 def _curves(c, indent: str, tag: str) -> List[str]:
     kib = [b / 1024 for b in c.req_bytes]
     lines = [
@@ -133,6 +141,7 @@ def profile_yaml(cal: Calibration, csd_count: int = 2, ssd_count: int = 2) -> st
         f"  attention_efficiency: {_r(att_eff, 3)}   # {_r(v['dense_attention_gbps'])} GB/s of decode attention / mem_gbps: "
         f"{cal.how['dense_attention_gbps']} ({src})",
         f"  attention_score_ns: {_r(v['attention_score_ns'], 3)}   # {cal.how['attention_score_ns']} ({src})",
+        *_series(cal, "attention_score_q", "  attention_score_q", "query lengths P", "_ns", src),
         f"  launch_us: {_r(v['dense_op_us'] + disp)}   # {_r(v['dense_op_us'])} us: {cal.how['dense_op_us']}{plus} ({src})",
         *_measured(cal, "dense_attention", "  decode_attention", v["dense_op_us"], "launch_us", src),
         *_measured(cal, "dense_attention_gqa", "  decode_attention_gqa", v["dense_op_us"], "launch_us", src)[1:],

@@ -232,8 +232,8 @@ class OpRunner:
         elif tag == "kv_regen":
             xs = self.staged.pop(("x", L, m))  # [nx, ctx-1, hidden] on device
             pos = torch.arange(0, xs.shape[1], device=dev).expand(xs.shape[0], -1)
-            self.staged[("regen", L, m)] = M.kv_from_x(self.layer_w(L), md, xs.to(self.c.compute_dtype), pos,
-                                                       self._rope(pos, 0, xs.shape[1]))
+            kh, vh = M.kv_from_x(self.layer_w(L), md, xs.to(self.c.compute_dtype), pos, self._rope(pos, 0, xs.shape[1]))
+            self.staged[("regen", L, m)] = A.kv_with_slot(kh, vh)  # [nx, KV, ctx, d], the last position free
         elif tag == "merge":
             pass  # partial results are merged exactly where they are assembled (`_assemble`)
         else:
@@ -330,13 +330,11 @@ class OpRunner:
         q, k, v = self.qkv[(L, m)]
         nx = op.rows[1] // md.num_kv_heads
         if keeps_x(md):
-            kh, vh = self.staged.pop(("regen", L, m))  # [nx, KV, ctx-1, d]
+            K, V = self.staged.pop(("regen", L, m))  # [nx, KV, ctx, d], the last position free
         else:
             kh, vh = (t.to(self.c.device, self.c.compute_dtype) for t in self.staged.pop(("x", L, m)))
-            kh, vh = A.rows_to_kv(kh, nx), A.rows_to_kv(vh, nx)
-        K = torch.cat([kh, k[:nx].to(kh.dtype)], dim=2)
-        V = torch.cat([vh, v[:nx].to(vh.dtype)], dim=2)
-        out, lse = A.attend_partial(A.q_to_rows(q[:nx], md.num_kv_heads), A.kv_to_rows(K), A.kv_to_rows(V))
+            K, V = A.kv_with_slot(A.rows_to_kv(kh, nx), A.rows_to_kv(vh, nx))
+        out, lse = A.attend_slot(q[:nx], K, V, k[:nx], v[:nx])
         self.parts.setdefault((L, m), []).append(("rows", 0, op.rows[1], out, lse))  # stays on the device
         return None
 

@@ -76,6 +76,9 @@ def _kv_out(r, L: int, m: int, k, v):
     key = ("prompt_kv", L, m)
     if hi <= lo or (users == 0 and c.host_kv is None):
         return None
+    if not r.cuda and c.host_kv is not None and (lo, hi) == (0, lay.rows_total) and not users:
+        c.host_kv.write_heads(L, m, 0, k, v)  # [mb, kvh, P, d] straight into the rows: one strided copy
+        return None
     kr, vr = A.kv_to_rows(k)[lo:hi], A.kv_to_rows(v)[lo:hi]  # [n, P, d]
     if not r.cuda:
         kr, vr = r._host(kr), r._host(vr)

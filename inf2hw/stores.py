@@ -157,6 +157,13 @@ class MemStore:
         for dst, src in zip(self._get(layer, mb), tensors):
             dst[:, t0 : t0 + src.shape[1]].copy_(src)
 
+    def write_heads(self, layer: int, mb: int, t0: int, *tensors: torch.Tensor) -> None:
+        """tensors: [b, heads, n, width] in the model's layout (any strides), b * heads = rows:
+        copied straight into the rows, one strided copy each (no row-major staging copy)."""
+        for dst, src in zip(self._get(layer, mb), tensors):
+            b, h, n, _ = src.shape
+            dst.view(b, h, self.capacity, self.width)[:, :, t0 : t0 + n].copy_(src)
+
     def read(self, layer: int, mb: int, t1: int) -> List[torch.Tensor]:
         """Views of positions [0, t1): [rows, t1, width] each."""
         return [t[:, :t1] for t in self._get(layer, mb)]

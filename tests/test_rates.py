@@ -129,3 +129,29 @@ def test_lm_head_streams_at_its_own_rate():
     hw = replace(HW, gpu=replace(HW.gpu, head_mem_gbps=500))
     assert rates.compute_seconds(head, hw) == pytest.approx(2e-3 + 10e-6)
     assert rates.compute_seconds(dense(flops=1e6, nbytes=10**9), hw) == pytest.approx(1e-3 + 10e-6)
+
+
+def test_prefill_score_cost_follows_the_measured_curve_over_query_length():
+    """A prefill's score term is rows*group*q_len*ctx elements at score_ns(q_len): the
+    measured per-P curve, linear between points and held beyond its ends."""
+    from dataclasses import replace
+
+    from inf2sim.config import default_config, specs_from_config
+    from inf2sim.specs import SpecError
+
+    g = replace(HW.gpu, attention_score_ns=50.0, attention_score_q=[128.0, 512.0], attention_score_q_ns=[10.0, 30.0])
+    assert rates.score_ns(g, 64) == 10.0 and rates.score_ns(g, 320) == pytest.approx(20.0)
+    assert rates.score_ns(g, 4096) == 30.0
+    assert rates.score_ns(replace(g, attention_score_q=[], attention_score_q_ns=[]), 320) == 50.0
+    hw = replace(HW, gpu=g)
+
+    def prefill(p):
+        return Attention("a", (), 0, 0, 0, "attn", device="gpu", rows=(0, 4), tokens=(0, p), stored_len=p, q_len=p,
+                         group=1, head_dim=128, flops=1.0, kv_bytes=1)
+
+    base = rates.compute_seconds(prefill(320), replace(hw, gpu=replace(g, attention_score_q=[], attention_score_q_ns=[],
+                                                                        attention_score_ns=0.0)))
+    assert rates.compute_seconds(prefill(320), hw) == pytest.approx(base + 4 * 320 * 320 * 20e-9)
+    with pytest.raises(SpecError, match="attention_score_q"):
+        specs_from_config(default_config(model="opt-125m", **{"hardware.gpu.attention_score_q": [512.0, 128.0],
+                                                              "hardware.gpu.attention_score_q_ns": [1.0, 2.0]}))
