@@ -295,7 +295,10 @@ class OpRunner:
         if self.c.host_kv is None:
             return self._attend_drives(L, m, qr, kn, vn)
         K, V = self.c.host_kv.read(L, m, ctx)
-        out, lse = cpu_attention(qr, K, V, ws=self.attn_ws)
+        if flash_cpu_ok(K, V):  # fp16 / bf16 host store: the fused kernel reads it once
+            out, lse = flash_cpu_attention(qr, K, V)
+        else:
+            out, lse = cpu_attention(qr, K, V, ws=self.attn_ws)
         self.parts.setdefault((L, m), []).append(("rows", 0, qr.shape[0], out, lse))
 
     def _attend_drives(self, L: int, m: int, qr: torch.Tensor, kn: torch.Tensor, vn: torch.Tensor) -> None:
@@ -448,3 +451,26 @@ def cpu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows_per_pi
         out[s] = torch.bmm(p, vf).reshape(n, g, t, d)
         lse[s] = l_
     return out, lse
+
+
+_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+FLASH_CPU = True  # benchmarks/cpu_attention.py switches it off to time the pieces path alone
+
+
+def flash_cpu_ok(k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Reduced-precision K, V on the host with torch's fused CPU flash kernel available
+    (fp32, the exactness mode, keeps `cpu_attention`: the reference functions themselves)."""
+    return (FLASH_CPU and _FLASH is not None and k.dtype in (torch.float16, torch.bfloat16) and k.device.type == "cpu"
+            and k.stride(-1) == 1 and v.stride(-1) == 1)
+
+
+def flash_cpu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """`attend_partial` through torch's fused CPU flash-attention kernel (fp32 accumulation
+    over blocks of K, V converted in cache: K, V are read once, in their own dtype, where the
+    pieces path writes and re-reads an fp32 copy). q [rows, G, t, d] -> the G*t queries of a
+    row against its K, V [rows, ctx, d] (any row stride). Returns (out fp32 [rows, G, t, d],
+    lse fp32 [rows, G, t]); out is rounded once to K's dtype by the kernel."""
+    rows, g, t, d = q.shape
+    qq = q.reshape(rows, 1, g * t, d).to(k.dtype)  # [rows, 1, G*t, d]
+    out, lse = _FLASH(qq, k.unsqueeze(1), v.unsqueeze(1), 0.0, False, scale=1.0 / math.sqrt(d))
+    return out.reshape(rows, g, t, d).float(), lse.reshape(rows, g, t).float()

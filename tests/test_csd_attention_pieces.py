@@ -165,3 +165,21 @@ def test_padded_rows_fill_a_store_row_block():
     assert p.shape == (3, 2064, 8) and p.is_contiguous() and torch.equal(p[:, :2048], x)
     assert _padded(x, 2048).shape == (3, 2048, 8)
     assert _padded(x, 4096).shape == (3, 2048, 8)  # half the block would be padding: no
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3), (torch.bfloat16, 2e-2)], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("group", [1, 4])
+def test_flash_cpu_attention_matches_reference(dtype, tol, group):
+    """The engine's host attention over a reduced-precision store (torch's fused CPU flash
+    kernel, over a strided view of the store as the engine reads it): the reference's out to
+    the dtype's rounding, its log-sum-exp to fp32 rounding."""
+    from inf2hw.ops import flash_cpu_attention, flash_cpu_ok
+
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(6, group, 1, 32, generator=g).to(dtype)
+    k, v = (torch.randn(6, 50, 32, generator=g).to(dtype)[:, :41] for _ in range(2))  # [rows, ctx, d] views
+    assert flash_cpu_ok(k, v) and not flash_cpu_ok(k.float(), v.float())
+    out, lse = flash_cpu_attention(q, k, v)
+    ref_out, ref_lse = attend_partial(q.float(), k.float(), v.float())
+    assert out.dtype == lse.dtype == torch.float32 and out.shape == ref_out.shape and lse.shape == ref_lse.shape
+    assert (out - ref_out).abs().max() < tol and (lse - ref_lse).abs().max() < 1e-4
