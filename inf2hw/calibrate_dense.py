@@ -303,7 +303,8 @@ def cpu_attention(cal: "Calibration", quick: bool, tick) -> None:
 
     from concurrent.futures import ThreadPoolExecutor
 
-    from .ops import cpu_attention as engine_cpu_attention
+    from .ops import cpu_attention as drive_attention  # ops._attend_drives' call
+    from .ops import host_attention  # ops._cpu_attention's call over the host store
     from .run import DTYPES
 
     dt = DTYPES[cal.opts.dtype]
@@ -316,10 +317,11 @@ def cpu_attention(cal: "Calibration", quick: bool, tick) -> None:
     pool = ThreadPoolExecutor(max_workers=1)  # the engine runs CPU attention on a one-thread pool
     try:
         for layout in ("rows", "tokens"):
-            xs, ts = _cpu_attention_times(pool, engine_cpu_attention, layout, rows, d, ctxs, dt, 5 if quick else 11)
+            attend = host_attention if layout == "rows" else drive_attention
+            xs, ts = _cpu_attention_times(pool, attend, layout, rows, d, ctxs, dt, 5 if quick else 11)
             if layout == "rows":
                 a, b = calibrate_csd.fit_line(xs, ts)
-                how = (f"the engine's ops.cpu_attention submitted to a one-thread pool as the engine does (distinct "
+                how = (f"the engine's ops.host_attention submitted to a one-thread pool as the engine does (distinct "
                        f"K, V, rotated so each call reads them from memory), rows={rows} d={d} ctx={list(ctxs)} "
                        f"{cal.opts.dtype}, {cal.opts.threads} torch thread(s)")
                 fit = "; fit t = fixed + bytes/rate over the median times"

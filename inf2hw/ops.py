@@ -295,10 +295,7 @@ class OpRunner:
         if self.c.host_kv is None:
             return self._attend_drives(L, m, qr, kn, vn)
         K, V = self.c.host_kv.read(L, m, ctx)
-        if flash_cpu_ok(K, V):  # fp16 / bf16 host store: the fused kernel reads it once
-            out, lse = flash_cpu_attention(qr, K, V)
-        else:
-            out, lse = cpu_attention(qr, K, V, ws=self.attn_ws)
+        out, lse = host_attention(qr, K, V, ws=self.attn_ws)
         self.parts.setdefault((L, m), []).append(("rows", 0, qr.shape[0], out, lse))
 
     def _attend_drives(self, L: int, m: int, qr: torch.Tensor, kn: torch.Tensor, vn: torch.Tensor) -> None:
@@ -462,6 +459,14 @@ def flash_cpu_ok(k: torch.Tensor, v: torch.Tensor) -> bool:
     (fp32, the exactness mode, keeps `cpu_attention`: the reference functions themselves)."""
     return (FLASH_CPU and _FLASH is not None and k.dtype in (torch.float16, torch.bfloat16) and k.device.type == "cpu"
             and k.stride(-1) == 1 and v.stride(-1) == 1)
+
+
+def host_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ws: Optional[AttnWorkspace] = None):
+    """The engine's attention over a host KV store (FlexGen's CPU attention): the fused flash
+    kernel over an fp16 / bf16 store, `cpu_attention` (the reference functions) over fp32."""
+    if flash_cpu_ok(k, v):
+        return flash_cpu_attention(q, k, v)
+    return cpu_attention(q, k, v, ws=ws)
 
 
 def flash_cpu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
