@@ -62,6 +62,7 @@ class CalibrateOptions:
     procs: int = 2  # concurrent disk processes (the emulated CSDs sharing one disk)
     csd_compute: str = "torch"  # torch | hls: which emulated-CSD compute the profile's fpga rate describes
     csd_io: str = "direct"  # direct | buffered: the engine's csd.direct_io (on | off) the CSD curves describe
+    ssd_count: int = 2  # FlexGen drive files of the profile: the token-major CPU attention is one call per drive
 
 
 @dataclass

@@ -197,8 +197,8 @@ def dense_device(cal: "Calibration", dev: str, quick: bool, tick) -> None:
     # prefill: the engine's model.prefill_attention (attend_heads on a CPU: materialised [P, P]
     # fp32 scores per head; fused SDPA on a GPU in fp16): what the score matrix costs beyond
     # the rates model's max(flops, kv bytes) term, per element
-    heads = 16
-    ps = (64, 128, 256) if quick else (128, 256, 512, 1024)
+    heads = 16  # score matrices of 1 MiB (P = 128) to 256 MiB (P = 2048): inside the caches to far beyond
+    ps = (128, 512, 1024) if quick else (128, 256, 512, 1024, 2048)
     if dev.startswith("cuda"):
         heads, ps = 64, (512, 1024, 2048)
     peak = cal.values["gemm_fp32_tflops" if q.element_size() == 4 else "gemm_fp16_tflops"] * 1e12
@@ -207,16 +207,16 @@ def dense_device(cal: "Calibration", dev: str, quick: bool, tick) -> None:
         qp = torch.randn(1, heads, p, d, device=dev).to(dt)
         with torch.inference_mode():
             s = _time_s(lambda: M.prefill_attention(qp, qp, qp), 3 if quick else 5, sync)
-        base = max(2.0 * heads * p * p * d / peak, 2 * heads * p * d * qp.element_size() / (att_gbps * 1e9))
+        base = max(4.0 * heads * p * p * d / peak, 2 * heads * p * d * qp.element_size() / (att_gbps * 1e9))  # as rates.py
         xs.append(heads * p * p)
         res.append(s - base)
     _, per = calibrate_csd.fit_line(xs, res)
     how = (f"(median time of model.prefill_attention, {heads} heads d={d}, minus max(flops/peak, kv/attention "
            f"rate)) per score element heads*P*P, {cal.opts.dtype} on {dev}")
     cal.put("attention_score_ns", per * 1e9, f"slope over P={list(ps)} of {how}")
-    # per P as well: a small [P, P] score matrix stays in the caches, a large one does not
-    cal.put_series("attention_score_q", list(ps), [max(0.0, r / x * 1e9) for r, x in zip(res, xs)],
-                   f"at each P of {how}")
+    # per size as well: scores that fit in the caches cost less per element than ones that do not
+    cal.put_series("attention_score_mib", [x * 4 / 2**20 for x in xs], [max(0.0, r / x * 1e9) for r, x in zip(res, xs)],
+                   f"at P={list(ps)} of {how}")
     tick()
 
 
@@ -260,10 +260,11 @@ def _copies(nbytes: int, total: int = 64 << 20) -> int:
     return min(64, max(1, -(-total // nbytes)))
 
 
-def _cpu_attention_times(pool, attend, layout: str, rows: int, d: int, ctxs, dt, repeat: int):
-    """(K+V bytes, median seconds) per ctx of the engine's CPU attention call on `pool`, over
+def _cpu_attention_times(pool, attend, layout: str, rows: int, d: int, ctxs, dt, repeat: int, drives: int = 1):
+    """(K+V bytes, median seconds) per ctx of the engine's CPU attention op on `pool`, over
     K, V laid out by row ("rows": a MemStore view [rows, :n] of a longer buffer) or by token
-    ("tokens": a drive read [n, rows, 2, d], attended in place with the new token as a tail)."""
+    ("tokens": `drives` drive reads [n, rows / drives, 2, d], each attended in place with the
+    new token as a tail, one call per drive as `ops._attend_drives` makes them)."""
     import torch
 
     from . import attention as A
@@ -280,16 +281,21 @@ def _cpu_attention_times(pool, attend, layout: str, rows: int, d: int, ctxs, dt,
         if layout == "rows":
             bufs = [(torch.randn(rows, cap, d).to(dt), torch.randn(rows, cap, d).to(dt)) for _ in range(copies)]
             views = [(kb[:, :n], vb[:, :n]) for kb, vb in bufs]
-            extra = {}
         else:
-            bufs = [torch.randn(cap, rows, 2, d).to(dt) for _ in range(copies)]
-            views = [(b[:n, :, 0].permute(1, 0, 2), b[:n, :, 1].permute(1, 0, 2)) for b in bufs]
-            extra = {"scores_tail": A.tail_scores(q, kn), "v_tail": vn}
+            per = [(i * rows // drives, (i + 1) * rows // drives) for i in range(drives)]
+            bufs = [[torch.randn(cap, hi - lo, 2, d).to(dt) for lo, hi in per] for _ in range(copies)]
+            views = [[(b[:n, :, 0].permute(1, 0, 2), b[:n, :, 1].permute(1, 0, 2)) for b in bs] for bs in bufs]
         turn = iter(range(1 << 30))
 
+        def drive_calls(vs):
+            for (lo, hi), (kv, vv) in zip(per, vs):
+                attend(q[lo:hi], kv, vv, scores_tail=A.tail_scores(q[lo:hi], kn[lo:hi]), v_tail=vn[lo:hi])
+
         def call():
-            kv, vv = views[next(turn) % len(views)]
-            return pool.submit(attend, q, kv, vv, **extra).result()
+            v = views[next(turn) % len(views)]
+            if layout == "rows":
+                return pool.submit(attend, q, *v).result()
+            return pool.submit(drive_calls, v).result()
 
         with torch.inference_mode():
             ts.append(_time_s(call, repeat))
@@ -318,7 +324,8 @@ def cpu_attention(cal: "Calibration", quick: bool, tick) -> None:
     try:
         for layout in ("rows", "tokens"):
             attend = host_attention if layout == "rows" else drive_attention
-            xs, ts = _cpu_attention_times(pool, attend, layout, rows, d, ctxs, dt, 5 if quick else 11)
+            xs, ts = _cpu_attention_times(pool, attend, layout, rows, d, ctxs, dt, 5 if quick else 11,
+                                          drives=1 if layout == "rows" else cal.opts.ssd_count)
             if layout == "rows":
                 a, b = calibrate_csd.fit_line(xs, ts)
                 how = (f"the engine's ops.host_attention submitted to a one-thread pool as the engine does (distinct "
@@ -331,8 +338,9 @@ def cpu_attention(cal: "Calibration", quick: bool, tick) -> None:
                 cal.put_curve("cpu_attention", xs, ts, how)
             else:
                 cal.put_curve("cpu_tokens_attention", xs, ts, (
-                    f"the same call as inf2hw.ops._attend_drives makes it: K, V token-major [ctx, rows, 2, d] as "
-                    f"read back from a drive file, attended in place with the new token as the softmax tail, "
+                    f"the calls inf2hw.ops._attend_drives makes: K, V token-major [ctx, rows / {cal.opts.ssd_count}, 2, d] "
+                    f"as read back from each of {cal.opts.ssd_count} drive files (the profile's ssd_count), each attended "
+                    f"in place with the new token as the softmax tail, "
                     f"rows={rows} d={d} ctx={list(ctxs)} {cal.opts.dtype}"))
             tick()
     finally:

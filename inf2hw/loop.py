@@ -75,7 +75,7 @@ def calibrate_options(cfg):
         raise SpecError(f"calibrate.csd_io={csd_io!r} is not allowed; choose one of direct, buffered")
     return CalibrateOptions(name=name, directory=str(c.get("dir", "") or ""), quick=bool(c.get("quick", False)),
                             device=dev, dtype=dtype, threads=int(c.get("threads", 1)), procs=int(c.get("procs", 2)),
-                            csd_compute=comp, csd_io=csd_io)
+                            csd_compute=comp, csd_io=csd_io, ssd_count=max(1, int(c.get("ssd_count", 2))))
 
 
 def calibrate_cli(cfg, out_dir: Path):

@@ -14,7 +14,7 @@ Compute devices (plan names): `gpu`, `cpu`, `csd{i}.fpga`.
                      (mem_bw = head_mem_gbps for the LM head where the profile has it)
        Attention     max(flops / (peak * gemm_efficiency),
                          kv_bytes / (mem_bw * attention_efficiency))
-                     + score_elements * score_ns(q_len)  (q_len > 1 only) + launch
+                     + score_elements * score_ns(score_elements)  (q_len > 1 only) + launch
        where score_elements = rows * group * q_len * attended positions: an attention
        that materialises its [q_len, ctx] score matrix (the engine's torch attention)
        pays for writing and re-reading it; the term is quadratic in the prompt, unlike
@@ -102,19 +102,20 @@ def curve_seconds(kib, us, nbytes: float) -> float:
     return max(0.0, t0 + (t1 - t0) * (x - x0) / (x1 - x0)) * 1e-6
 
 
-def score_ns(gpu, q_len: int) -> float:
-    """ns per element of a materialised score matrix for `q_len` queries: the measured
-    curve (`attention_score_q` / `_q_ns`, linear between points, held beyond the ends)
-    or the single `attention_score_ns`."""
-    q, ns = gpu.attention_score_q, gpu.attention_score_q_ns
+def score_ns(gpu, elements: float) -> float:
+    """ns per element of a materialised fp32 score matrix of `elements` elements (the whole
+    op's): the measured curve over its size (`attention_score_mib` / `_mib_ns`, linear
+    between points, held beyond the ends) or the single `attention_score_ns`."""
+    q, ns = gpu.attention_score_mib, gpu.attention_score_mib_ns
     if not q:
         return gpu.attention_score_ns
-    if q_len <= q[0] or len(q) == 1:
+    x = elements * 4 / 2**20  # MiB of fp32 scores
+    if x <= q[0] or len(q) == 1:
         return ns[0]
-    if q_len >= q[-1]:
+    if x >= q[-1]:
         return ns[-1]
-    i = bisect.bisect_left(q, q_len)
-    return ns[i - 1] + (ns[i] - ns[i - 1]) * (q_len - q[i - 1]) / (q[i] - q[i - 1])
+    i = bisect.bisect_left(q, x)
+    return ns[i - 1] + (ns[i] - ns[i - 1]) * (x - q[i - 1]) / (q[i] - q[i - 1])
 
 
 def _gpu_peak_flops(hw: HardwareProfile, dtype_bytes: int) -> float:
@@ -157,10 +158,10 @@ def work_seconds(op: ComputeOp, hw: HardwareProfile, dtype_bytes: int = 2) -> fl
             t_flops = attention_flops(op) / (_gpu_peak_flops(hw, dtype_bytes) * hw.gpu.gemm_efficiency)
             mem_Bps = _positive(hw.gpu.mem_gbps, "gpu.mem_gbps", hw) * 1e9 * hw.gpu.attention_efficiency
             t = max(t_flops, attention_kv_bytes(op, dtype_bytes) / mem_Bps)
-            ns = score_ns(hw.gpu, op.q_len) if op.q_len > 1 else 0.0
-            if ns > 0:
+            if op.q_len > 1:
                 rows, stored, n_tail = attention_shape(op)
-                t += rows * op.group * op.q_len * (stored + n_tail) * ns * 1e-9
+                n = rows * op.group * op.q_len * (stored + n_tail)
+                t += n * score_ns(hw.gpu, n) * 1e-9
             return t
         if dev == "cpu" and op.kv_layout == "tokens" and hw.cpu.tokens_attention_kib:
             return curve_seconds(hw.cpu.tokens_attention_kib, hw.cpu.tokens_attention_us,

@@ -134,11 +134,11 @@ class GpuSpec:
     gemm_efficiency: float = 1.0
     attention_efficiency: float = 1.0
     attention_score_ns: float = 0.0  # per element of a materialised [q_len, ctx] score matrix (0 = fused attention)
-    # Measured per query length (prefill P): ns per score element; when given, it replaces
-    # attention_score_ns, interpolated in q_len and held at the ends (a small score matrix
-    # stays in the caches, a large one does not)
-    attention_score_q: List[float] = field(default_factory=list)
-    attention_score_q_ns: List[float] = field(default_factory=list)
+    # Measured per size of the op's whole fp32 score matrix (MiB): ns per score element; when
+    # given, it replaces attention_score_ns, interpolated in size and held at the ends (scores
+    # that fit in the caches cost less per element than ones written to memory and read back)
+    attention_score_mib: List[float] = field(default_factory=list)
+    attention_score_mib_ns: List[float] = field(default_factory=list)
     launch_us: float = 0.0
     link: LinkSpec = field(default_factory=LinkSpec)
     power_w: float = 0.0
@@ -328,9 +328,9 @@ def validate(model: ModelSpec, workload: Workload, hw: HardwareProfile, policy: 
         if len(kib) != len(us) or len(kib) == 1 or any(b <= a for a, b in zip(kib, kib[1:])):
             raise SpecError(f"hardware.{where}_kib / _us: equal lengths (0 or >= 2) and increasing sizes are "
                             f"needed, got {list(kib)} / {list(us)}")
-    q, ns = hw.gpu.attention_score_q, hw.gpu.attention_score_q_ns
+    q, ns = hw.gpu.attention_score_mib, hw.gpu.attention_score_mib_ns
     if len(q) != len(ns) or any(b <= a for a, b in zip(q, q[1:])) or any(v < 0 for v in ns):
-        raise SpecError(f"hardware.gpu.attention_score_q / _q_ns: equal lengths, increasing query lengths and "
+        raise SpecError(f"hardware.gpu.attention_score_mib / _mib_ns: equal lengths, increasing sizes and "
                         f"times >= 0 are needed, got {list(q)} / {list(ns)}")
     check_positive("hardware.csd.io_threads", hw.csd.io_threads, allow_zero=True)
     check_positive("hardware.host.shared_cores", hw.host.shared_cores, allow_zero=True)

@@ -131,27 +131,29 @@ def test_lm_head_streams_at_its_own_rate():
     assert rates.compute_seconds(dense(flops=1e6, nbytes=10**9), hw) == pytest.approx(1e-3 + 10e-6)
 
 
-def test_prefill_score_cost_follows_the_measured_curve_over_query_length():
-    """A prefill's score term is rows*group*q_len*ctx elements at score_ns(q_len): the
-    measured per-P curve, linear between points and held beyond its ends."""
+def test_prefill_score_cost_follows_the_measured_curve_over_score_size():
+    """A prefill's score term is n = rows*group*q_len*ctx elements at score_ns(n): the
+    measured curve over the fp32 score matrix's size, linear between points and held
+    beyond its ends."""
     from dataclasses import replace
 
     from inf2sim.config import default_config, specs_from_config
     from inf2sim.specs import SpecError
 
-    g = replace(HW.gpu, attention_score_ns=50.0, attention_score_q=[128.0, 512.0], attention_score_q_ns=[10.0, 30.0])
-    assert rates.score_ns(g, 64) == 10.0 and rates.score_ns(g, 320) == pytest.approx(20.0)
-    assert rates.score_ns(g, 4096) == 30.0
-    assert rates.score_ns(replace(g, attention_score_q=[], attention_score_q_ns=[]), 320) == 50.0
+    g = replace(HW.gpu, attention_score_ns=50.0, attention_score_mib=[1.0, 3.0], attention_score_mib_ns=[10.0, 30.0])
+    mib = 2**20 // 4  # elements per MiB of fp32
+    assert rates.score_ns(g, mib // 2) == 10.0 and rates.score_ns(g, 2 * mib) == pytest.approx(20.0)
+    assert rates.score_ns(g, 100 * mib) == 30.0
+    assert rates.score_ns(replace(g, attention_score_mib=[], attention_score_mib_ns=[]), 2 * mib) == 50.0
     hw = replace(HW, gpu=g)
 
     def prefill(p):
-        return Attention("a", (), 0, 0, 0, "attn", device="gpu", rows=(0, 4), tokens=(0, p), stored_len=p, q_len=p,
+        return Attention("a", (), 0, 0, 0, "attn", device="gpu", rows=(0, 8), tokens=(0, p), stored_len=p, q_len=p,
                          group=1, head_dim=128, flops=1.0, kv_bytes=1)
 
-    base = rates.compute_seconds(prefill(320), replace(hw, gpu=replace(g, attention_score_q=[], attention_score_q_ns=[],
-                                                                        attention_score_ns=0.0)))
-    assert rates.compute_seconds(prefill(320), hw) == pytest.approx(base + 4 * 320 * 320 * 20e-9)
-    with pytest.raises(SpecError, match="attention_score_q"):
-        specs_from_config(default_config(model="opt-125m", **{"hardware.gpu.attention_score_q": [512.0, 128.0],
-                                                              "hardware.gpu.attention_score_q_ns": [1.0, 2.0]}))
+    flat = replace(hw, gpu=replace(g, attention_score_mib=[], attention_score_mib_ns=[], attention_score_ns=0.0))
+    n = 8 * 256 * 256  # 2 MiB of scores: half-way along the curve
+    assert rates.compute_seconds(prefill(256), hw) == pytest.approx(rates.compute_seconds(prefill(256), flat) + n * 20e-9)
+    with pytest.raises(SpecError, match="attention_score_mib"):
+        specs_from_config(default_config(model="opt-125m", **{"hardware.gpu.attention_score_mib": [4.0, 1.0],
+                                                              "hardware.gpu.attention_score_mib_ns": [1.0, 2.0]}))
