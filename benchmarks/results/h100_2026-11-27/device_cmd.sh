@@ -38,8 +38,10 @@ for name in ${PLAN:-fg eng}; do
     fgdisk) step fgdisk 200 --flexgen disk --engine "" ;;
     eng) step eng 200 --flexgen "" --engine flexgen_dram ;;
     ssd) step ssd 220 --flexgen "" --engine flexgen_ssd ;;
+    inf2) step inf2 320 --flexgen "" --engine inf2@0.85,inf2@1.0 ;;
   esac
 done
 tar czf "$OUT/child_logs.tgz" -C /tmp $(cd /tmp && ls -d b_*/logs/*.log 2>/dev/null) 2>/dev/null
 date -Is >> "$OUT/device.txt"
+tar czf "$OUT/all.tgz" -C "$OUT" --exclude all.tgz . 2>/dev/null  # the device returns at most 8 files
 ls -la "$OUT"
