@@ -303,7 +303,8 @@ class OpRunner:
         drive's rows attend over their token-major read buffer in place (strided [rows_i,
         t, d] views: BLAS takes them as they are; gathering them into one row-major K, V
         first made the call 3.4x slower, benchmarks/drive_attention.py) with the new token
-        kn, vn [rows, 1, d] as the tail of one softmax; each drive's buffer goes back to its pool."""
+        kn, vn [rows, 1, d] as the tail of one softmax (fp16 / bf16: written into the buffer's
+        next slot and attended by the fused flash kernel); each drive's buffer goes back to its pool."""
         disk = self.c.disk_kv
         for i in range(len(disk.dirs)):
             views, rbuf = self.staged.pop(("kvr", i, L, m))
@@ -312,8 +313,13 @@ class OpRunner:
                 disk.release(i, rbuf)
                 continue
             q = qr[lo:hi]
-            out, lse = cpu_attention(q, views[0], views[1], ws=self.attn_ws,
-                                     scores_tail=A.tail_scores(q, kn[lo:hi]), v_tail=vn[lo:hi])
+            t1 = views[0].shape[1]
+            if flash_cpu_ok(*views) and t1 < rbuf.shape[0]:  # fp16 / bf16: the new token into the buffer's next slot
+                rbuf[t1, :, 0], rbuf[t1, :, 1] = kn[lo:hi, 0], vn[lo:hi, 0]  # rbuf [capacity, rows_i, 2, d]
+                out, lse = flash_cpu_attention(q, rbuf[:t1 + 1, :, 0].permute(1, 0, 2), rbuf[:t1 + 1, :, 1].permute(1, 0, 2))
+            else:
+                out, lse = cpu_attention(q, views[0], views[1], ws=self.attn_ws,
+                                         scores_tail=A.tail_scores(q, kn[lo:hi]), v_tail=vn[lo:hi])
             disk.release(i, rbuf)
             self.parts.setdefault((L, m), []).append(("rows", lo, hi, out, lse))
 

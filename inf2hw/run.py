@@ -53,7 +53,8 @@ class EngineOptions:
     csd_threads: int = 0  # torch threads per emulated CSD worker; 0: its share of the cores (`csd_threads_for`)
     cpu_threads: int = 0  # torch threads of the engine's CPU-attention thread; 0: torch's default for a new thread
     pin_host_kv: Optional[bool] = None  # CUDA: host KV and X-cache stores pinned when they fit; None: on for cuda
-    copy_threads: int = 4  # threads copying the prompt's K,V into a pageable host store (FlexGen uses 4)
+    copy_threads: int = 4  # threads copying the prompt's K,V into a pageable host store, and reading one large
+    # drive-file read in parts (FlexGen uses 4 copy threads)
     weights_init: str = "random"  # no checkpoint: random (exact tests) | repeated (benchmarks: one block copied per layer)
 
 
@@ -152,7 +153,7 @@ def run_engine(spec: RunSpec, opts: EngineOptions, out_dir: Optional[str] = None
     elif builder.kv_on in ("ssd", "csd") and builder.attention_on != "csd":
         n = spec.hardware.ssd_count if builder.kv_on == "ssd" else spec.hardware.csd_count
         ctx.disk_kv = DiskStore([os.path.join(dirs[i % len(dirs)], f"drive{i}") for i in range(n)], lay.rows_total,
-                                cap, d, cdt, md.num_layers, wl.num_micro_batches)
+                                cap, d, cdt, md.num_layers, wl.num_micro_batches, read_threads=opts.copy_threads)
     if builder.attention_on == "csd":
         ctx.recent = MemStore(lay.rows_total, cap, d, cdt)
     if lay.x_seqs:

@@ -28,6 +28,7 @@ import math
 import os
 import shutil
 import threading
+from concurrent.futures import ThreadPoolExecutor
 import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -35,6 +36,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from inf2sim.layout import split_even
+
+READ_SPLIT_BYTES = 16 << 20  # DiskStore reads at least twice this size are split over its read threads
 
 
 PIN_CHUNK_BYTES = 1 << 30  # pinned chunks: a power of two, so the allocator's rounding wastes nothing
@@ -174,8 +177,10 @@ class DiskStore:
     `pairs=True` stores K and V per row (width head_dim); False stores one tensor (X)."""
 
     def __init__(self, dirs: List[str], rows: int, capacity: int, head_dim: int, dtype: torch.dtype,
-                 num_layers: int, num_mbs: int, pairs: bool = True, name: str = "kv"):
+                 num_layers: int, num_mbs: int, pairs: bool = True, name: str = "kv", read_threads: int = 1):
         self.dirs = [Path(d) for d in dirs]
+        self.read_threads = max(1, read_threads)  # a large read is split into this many preads at once
+        self._readers = None  # their thread pool, made on the first large read
         self.slices = split_even(rows, len(dirs))
         self.capacity, self.d, self.dtype = capacity, head_dim, dtype
         self.item = torch.empty(0, dtype=dtype).element_size()
@@ -233,15 +238,31 @@ class DiskStore:
     def _read_into(self, t: torch.Tensor, i: int, layer: int, mb: int) -> List[torch.Tensor]:
         """t [t1, rows_i, pairs, d] (contiguous) <- one pread; views [rows_i, t1, d] per stored tensor."""
         view = memoryview(t.view(torch.uint8).numpy()).cast("B")
-        off, got = self._base(i, layer, mb), 0
-        while got < len(view):  # one preadv straight into the tensor (no bytes object in between)
+        off = self._base(i, layer, mb)
+        parts = min(self.read_threads, len(view) // READ_SPLIT_BYTES)
+        if parts > 1:  # one page-cache read runs at one core's copy rate: several at once (FlexGen's copy threads)
+            if self._readers is None:
+                self._readers = ThreadPoolExecutor(self.read_threads, thread_name_prefix="inf2-read")
+            step = -(-len(view) // parts)
+            jobs = [self._readers.submit(self._pread, i, view[a:a + step], off + a) for a in range(0, len(view), step)]
+            for j in jobs:
+                j.result()
+        else:
+            self._pread(i, view, off)
+        return [t[:, :, j].permute(1, 0, 2) for j in range(self.n)]
+
+    def _pread(self, i: int, view: memoryview, off: int) -> None:
+        got = 0
+        while got < len(view):  # preadv straight into the tensor (no bytes object in between)
             k = os.preadv(self.fds[i], [view[got:]], off + got)
             if k <= 0:
                 raise OSError(f"short read on {self.paths[i]}: {got} of {len(view)} bytes")
             got += k
-        return [t[:, :, j].permute(1, 0, 2) for j in range(self.n)]
 
     def close(self, keep: bool = False) -> None:
+        if self._readers is not None:
+            self._readers.shutdown(wait=True)
+            self._readers = None
         for fd in self.fds:
             try:
                 os.close(fd)

@@ -36,3 +36,44 @@ def test_read_pooled_reuses_its_buffer_and_matches_read(tmp_path):
     assert other.data_ptr() != buf.data_ptr()
     st.close()
     assert not any(p.exists() for p in st.paths)
+
+
+def test_a_large_read_split_over_read_threads_matches(tmp_path, monkeypatch):
+    """Reads of at least twice READ_SPLIT_BYTES go to the store's read threads in parts;
+    the result is the same bytes as one pread."""
+    from inf2hw import stores
+
+    monkeypatch.setattr(stores, "READ_SPLIT_BYTES", 64)
+    st = DiskStore([str(tmp_path / "d0")], 5, 40, 8, torch.float32, 1, 1, read_threads=3)
+    k, v = torch.randn(5, 37, 8), torch.randn(5, 37, 8)
+    st.write(0, 0, 0, 0, k, v)
+    kr, vr = st.read(0, 0, 0, 37)  # 37 x 5 x 2 x 8 x 4 B: split in 3
+    assert st._readers is not None
+    assert torch.equal(kr, k) and torch.equal(vr, v)
+    st.close()
+    assert st._readers is None
+
+
+def test_fp16_drive_attention_through_the_flash_kernel_keeps_the_tokens(tmp_path, monkeypatch):
+    """FlexGen's drive attention in fp16 on the CPU: the new token written into the read
+    buffer's next slot and the fused flash kernel give the pieces path's tokens."""
+    from inf2hw import ops
+    from inf2hw.run import EngineOptions, run_engine
+    from inf2sim.config import default_config, specs_from_config
+
+    r = specs_from_config(default_config(model="opt-125m", policy="flexgen_ssd", **{
+        "workload.batch": 4, "workload.prompt_len": 24, "workload.gen_len": 4, "hardware.ssd_count": 2}))
+    calls = []
+    real = ops.flash_cpu_attention
+    monkeypatch.setattr(ops, "flash_cpu_attention", lambda *a: calls.append(1) or real(*a))
+    got = {}
+    for flash in (True, False):
+        ops.FLASH_CPU = flash
+        try:
+            toks, logits, _, _ = run_engine(r, EngineOptions(device="cpu", dtype="fp16"), out_dir=str(tmp_path / str(flash)))
+        finally:
+            ops.FLASH_CPU = True
+        got[flash] = (toks, logits)
+    assert len(calls) == 3 * 12 * 2  # decode steps x layers x drives, in the flash run only
+    assert got[True][0] == got[False][0]
+    assert (got[True][1] - got[False][1]).abs().max() < 0.05
