@@ -37,7 +37,7 @@ import torch
 
 from inf2sim.layout import split_even
 
-READ_SPLIT_BYTES = 16 << 20  # DiskStore reads at least twice this size are split over its read threads
+READ_SPLIT_BYTES = 16 << 20  # DiskStore reads / writes at least twice this size are split over its read threads
 
 
 PIN_CHUNK_BYTES = 1 << 30  # pinned chunks: a power of two, so the allocator's rounding wastes nothing
@@ -179,7 +179,7 @@ class DiskStore:
     def __init__(self, dirs: List[str], rows: int, capacity: int, head_dim: int, dtype: torch.dtype,
                  num_layers: int, num_mbs: int, pairs: bool = True, name: str = "kv", read_threads: int = 1):
         self.dirs = [Path(d) for d in dirs]
-        self.read_threads = max(1, read_threads)  # a large read is split into this many preads at once
+        self.read_threads = max(1, read_threads)  # a large read or write is split into this many calls at once
         self._readers = None  # their thread pool, made on the first large read
         self.slices = split_even(rows, len(dirs))
         self.capacity, self.d, self.dtype = capacity, head_dim, dtype
@@ -204,12 +204,18 @@ class DiskStore:
         """Drive i's slice of rows of tensors [rows_all, n, d] -> one contiguous pwrite. Returns bytes."""
         lo, hi = self.slices[i]
         n = tensors[0].shape[1]
-        buf = torch.empty(n, hi - lo, self.n, self.d, dtype=self.dtype)  # token-major: [n, rows_i, pairs, d]
-        for j, t in enumerate(tensors):
-            buf[:, :, j].copy_(t[lo:hi].transpose(0, 1))  # one copy per tensor
-        data = memoryview(buf.view(torch.uint8).numpy()).cast("B")
-        off = self._base(i, layer, mb) + t0 * self._token_bytes(i)
-        _pwrite_all(self.fds[i], data, off, self.dirs[i])
+        big = n * self._token_bytes(i) >= 2 * READ_SPLIT_BYTES  # the prompt's K,V: a pooled buffer, parallel pwrites
+        pooled = self._take(i) if big else None
+        buf = pooled[:n] if pooled is not None else torch.empty(n, hi - lo, self.n, self.d, dtype=self.dtype)
+        try:  # buf: token-major [n, rows_i, pairs, d]
+            for j, t in enumerate(tensors):
+                buf[:, :, j].copy_(t[lo:hi].transpose(0, 1))  # one copy per tensor
+            data = memoryview(buf.view(torch.uint8).numpy()).cast("B")
+            off = self._base(i, layer, mb) + t0 * self._token_bytes(i)
+            self._in_parts(lambda part, at: _pwrite_all(self.fds[i], part, at, self.dirs[i]), data, off)
+        finally:
+            if pooled is not None:
+                self.release(i, pooled)
         return len(data)
 
     def read(self, i: int, layer: int, mb: int, t1: int) -> List[torch.Tensor]:
@@ -223,12 +229,17 @@ class DiskStore:
         tens-of-MB tensor per read costs page faults on every call, and on a many-core
         host several I/O threads faulting at once serialise on the process's memory map
         (84 MB reads of OPT-13B rows ran at 0.3 GB/s per thread on the H100 machine)."""
-        lo, hi = self.slices[i]
+        buf = self._take(i)
+        return self._read_into(buf[:t1], i, layer, mb), buf
+
+    def _take(self, i: int) -> torch.Tensor:
+        """A free [capacity, rows_i, pairs, d] buffer of drive i (a new one when none is free)."""
         with self._pool_lock:
             buf = self._pool[i].pop() if self._pool[i] else None
         if buf is None:
+            lo, hi = self.slices[i]
             buf = torch.empty(self.capacity, hi - lo, self.n, self.d, dtype=self.dtype)
-        return self._read_into(buf[:t1], i, layer, mb), buf
+        return buf
 
     def release(self, i: int, buf: torch.Tensor) -> None:
         """Give back a buffer of `read_pooled` on drive i."""
@@ -238,18 +249,22 @@ class DiskStore:
     def _read_into(self, t: torch.Tensor, i: int, layer: int, mb: int) -> List[torch.Tensor]:
         """t [t1, rows_i, pairs, d] (contiguous) <- one pread; views [rows_i, t1, d] per stored tensor."""
         view = memoryview(t.view(torch.uint8).numpy()).cast("B")
-        off = self._base(i, layer, mb)
-        parts = min(self.read_threads, len(view) // READ_SPLIT_BYTES)
-        if parts > 1:  # one page-cache read runs at one core's copy rate: several at once (FlexGen's copy threads)
-            if self._readers is None:
-                self._readers = ThreadPoolExecutor(self.read_threads, thread_name_prefix="inf2-read")
-            step = -(-len(view) // parts)
-            jobs = [self._readers.submit(self._pread, i, view[a:a + step], off + a) for a in range(0, len(view), step)]
-            for j in jobs:
-                j.result()
-        else:
-            self._pread(i, view, off)
+        self._in_parts(lambda part, at: self._pread(i, part, at), view, self._base(i, layer, mb))
         return [t[:, :, j].permute(1, 0, 2) for j in range(self.n)]
+
+    def _in_parts(self, io, view: memoryview, off: int) -> None:
+        """io(part, offset) over `view` at file offset `off`: one call, or for a view of at least
+        2 x READ_SPLIT_BYTES up to `read_threads` calls at once (one page-cache copy runs at one
+        core's copy rate; FlexGen's disk copies run on several threads)."""
+        parts = min(self.read_threads, len(view) // READ_SPLIT_BYTES)
+        if parts <= 1:
+            io(view, off)
+            return
+        if self._readers is None:
+            self._readers = ThreadPoolExecutor(self.read_threads, thread_name_prefix="inf2-diskio")
+        step = -(-len(view) // parts)
+        for job in [self._readers.submit(io, view[a:a + step], off + a) for a in range(0, len(view), step)]:
+            job.result()
 
     def _pread(self, i: int, view: memoryview, off: int) -> None:
         got = 0

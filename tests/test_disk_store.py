@@ -77,3 +77,19 @@ def test_fp16_drive_attention_through_the_flash_kernel_keeps_the_tokens(tmp_path
     assert len(calls) == 3 * 12 * 2  # decode steps x layers x drives, in the flash run only
     assert got[True][0] == got[False][0]
     assert (got[True][1] - got[False][1]).abs().max() < 0.05
+
+
+def test_a_large_write_goes_through_a_pooled_buffer_in_parts(tmp_path, monkeypatch):
+    from inf2hw import stores
+
+    monkeypatch.setattr(stores, "READ_SPLIT_BYTES", 64)
+    st = DiskStore([str(tmp_path / "d0"), str(tmp_path / "d1")], 6, 40, 8, torch.float32, 1, 1, read_threads=3)
+    k, v = torch.randn(6, 37, 8), torch.randn(6, 37, 8)
+    for i in range(2):
+        st.write(i, 0, 0, 0, k[:, :30], v[:, :30])  # large: pooled buffer, pwrite in parts
+        st.write(i, 0, 0, 30, k[:, 30:], v[:, 30:])
+    assert all(len(p) == 1 for p in st._pool)  # the write's buffer went back to its drive's pool
+    for i, (lo, hi) in enumerate(st.slices):
+        kr, vr = st.read(i, 0, 0, 37)
+        assert torch.equal(kr, k[lo:hi]) and torch.equal(vr, v[lo:hi])
+    st.close()
