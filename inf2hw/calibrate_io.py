@@ -237,4 +237,33 @@ def host_gpu_copies(device: str, nbytes: int = 64 << 20, repeat: int = 5) -> Dic
         torch.cuda.synchronize()
         lat.append(time.perf_counter() - t0)
     out["latency_us"] = sorted(lat)[len(lat) // 2] * 1e6
+    out["h2d_first_of_two"] = h2d_first_of_two(device, nbytes)
     return out
+
+
+def h2d_first_of_two(device: str, nbytes: int, repeat: int = 5) -> float:
+    """When two equal pinned host->GPU copies start together on two streams, the earlier
+    one's finish over one copy's time alone (median of `repeat`): about 1 when the GPU's copy
+    engine serves them one after the other, about 2 when they share the link."""
+    import torch
+
+    hosts = [torch.empty(nbytes, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
+    devs = [torch.empty(nbytes, dtype=torch.uint8, device=device) for _ in range(2)]
+    streams = [torch.cuda.Stream() for _ in range(2)]
+
+    def run(n: int) -> float:
+        start = torch.cuda.Event(enable_timing=True)
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+        torch.cuda.synchronize()
+        start.record()
+        for s, d, h, e in zip(streams[:n], devs, hosts, ends):
+            s.wait_event(start)
+            with torch.cuda.stream(s):
+                d.copy_(h, non_blocking=True)
+                e.record()
+        torch.cuda.synchronize()
+        return min(start.elapsed_time(e) for e in ends)
+
+    run(2)
+    ratios = sorted(run(2) / run(1) for _ in range(repeat))
+    return ratios[len(ratios) // 2]

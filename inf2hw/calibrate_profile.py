@@ -70,6 +70,16 @@ def _measured(cal: Calibration, key: str, prefix: str, fixed_us: float, fixed_na
                         f"{cal.how[key]} ({src})")
 
 
+def _copy_engines(cal: Calibration, src: str) -> List[str]:
+    """gpu.copy_engines: 1 when two copies into the GPU are served one after the other
+    (the first of two finishes in about one copy's time), else 0 (they share the link)."""
+    r = cal.values.get("copy_h2d_first_of_two")
+    if r is None:
+        return []
+    return [f"  copy_engines: {1 if r < 1.5 else 0}   # the first of two concurrent copies into the GPU finished "
+            f"at {_r(r, 3)}x one copy's time: {cal.how['copy_h2d_first_of_two']} ({src})"]
+
+
 def _series(cal: Calibration, key: str, prefix: str, x_what: str, y_suffix: str, src: str) -> List[str]:
     if key not in cal.series:
         return []
@@ -143,6 +153,7 @@ def profile_yaml(cal: Calibration, csd_count: int = 2, ssd_count: int = 2) -> st
         f"  attention_score_ns: {_r(v['attention_score_ns'], 3)}   # {cal.how['attention_score_ns']} ({src})",
         *_series(cal, "attention_score_mib", "  attention_score_mib", "MiB of fp32 scores (heads*P*P*4)", "_ns", src),
         f"  launch_us: {_r(v['dense_op_us'] + disp)}   # {_r(v['dense_op_us'])} us: {cal.how['dense_op_us']}{plus} ({src})",
+        *_copy_engines(cal, src),
         *_measured(cal, "dense_attention", "  decode_attention", v["dense_op_us"], "launch_us", src),
         *_measured(cal, "dense_attention_gqa", "  decode_attention_gqa", v["dense_op_us"], "launch_us", src)[1:],
         "  power_w: 0",

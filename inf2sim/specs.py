@@ -141,6 +141,9 @@ class GpuSpec:
     attention_score_mib_ns: List[float] = field(default_factory=list)
     launch_us: float = 0.0
     link: LinkSpec = field(default_factory=LinkSpec)
+    # copies one direction of the link serves at once, in order (a GPU's DMA copy engine per
+    # direction serves the copies of every stream one by one); 0: concurrent copies share it
+    copy_engines: int = 0
     power_w: float = 0.0
     price_usd: float = 0.0
     # Measured decode (q_len = 1) attention: K+V bytes (KiB) -> seconds beyond launch_us (us).
@@ -333,6 +336,7 @@ def validate(model: ModelSpec, workload: Workload, hw: HardwareProfile, policy: 
         raise SpecError(f"hardware.gpu.attention_score_mib / _mib_ns: equal lengths, increasing sizes and "
                         f"times >= 0 are needed, got {list(q)} / {list(ns)}")
     check_positive("hardware.csd.io_threads", hw.csd.io_threads, allow_zero=True)
+    check_positive("hardware.gpu.copy_engines", hw.gpu.copy_engines, allow_zero=True)
     check_positive("hardware.host.shared_cores", hw.host.shared_cores, allow_zero=True)
     for dev in hw.host.core_devices:
         check_choice("hardware.host.core_devices[]", dev, ("gpu", "cpu", "fpga"))

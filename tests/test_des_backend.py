@@ -270,3 +270,17 @@ def test_shared_host_cores_stretch_concurrent_compute():
     assert times(DesBackend(two).execute(step(0, *ops))) == {"g": (0.0, 1.0), "c": (0.0, 0.5)}
     only_cpu = replace(TINY, host=replace(TINY.host, shared_cores=1, core_devices=["cpu"]))
     assert times(DesBackend(only_cpu).execute(step(0, *ops))) == {"g": (0.0, 1.0), "c": (0.0, 0.5)}
+
+
+@pytest.mark.parametrize("engines, want", [(0, {"w": (0.0, 1.5), "x": (0.0, 1.0), "o": (0.0, 1.0)}),
+                                           (1, {"w": (0.0, 1.0), "x": (1.0, 1.5), "o": (0.0, 1.0)})])
+def test_gpu_copy_engines_serve_one_direction_in_order(engines, want):
+    """Two copies into the GPU (1 GB and 0.5 GB on a 1 GB/s link) and one out of it: sharing
+    the link they progress together; with one copy engine per direction the second copy in
+    waits for the first, and the copy out runs beside them."""
+    from dataclasses import replace
+
+    be = DesBackend(replace(TINY, gpu=replace(TINY.gpu, copy_engines=engines)))
+    got = be.execute(step(0, xfer("w", "dram", "gpu", GB), xfer("x", "dram", "gpu", GB // 2),
+                          xfer("o", "gpu", "dram", GB)))
+    assert times(got + be.finish()) == want

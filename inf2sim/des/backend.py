@@ -21,6 +21,8 @@ How ops map onto the model
   stretched service time.
 - A move to or from a CSD's flash (`csd{i}.ssd`) waits, FIFO, while that CSD already
   serves `hw.csd.io_threads` of them (0: no limit); its span starts when it starts.
+- Likewise a copy into (out of) the GPU waits while `hw.gpu.copy_engines` copies in that
+  direction are in service (0: no limit, concurrent copies share the link's bandwidth).
 
 Deps: an op starts when every dep has completed. A dep on an op of an earlier step
 that this backend never executed (fast fidelity samples steps) counts as done. If
@@ -94,9 +96,10 @@ class DesBackend:
         # (src, dst, req_bytes) -> (flow route or None when it takes no time, span resource)
         self._routes: Dict[Tuple[str, str, int], tuple] = {}
         self._t0: Dict[str, float] = {}  # transfer -> start time, kept only for recorded spans
-        # CSD flash endpoint -> [moves being served, FIFO of moves waiting] (hw.csd.io_threads > 0)
+        # CSD flash endpoint or GPU copy direction -> [moves in service, limit, FIFO of moves waiting]
         self._csd_io: Dict[str, list] = {}
         self._io_threads = hw.csd.io_threads
+        self._copy_engines = hw.gpu.copy_engines
         self._kv_active = 0  # decode KV transfers in flight; their union in time is kv_io_s
         self._kv_since_s = 0.0
         self._kv_io_s = 0.0
@@ -236,17 +239,24 @@ class DesBackend:
         return r
 
     def _flash_gate(self, op: Op) -> Optional[list]:
-        """The I/O queue of the CSD whose flash `op` reads or writes, if that CSD serves
-        a limited number of flash commands at once; else None."""
-        if self._io_threads <= 0:
-            return None
-        for end in (op.src, op.dst):  # type: ignore[attr-defined]
-            if end.startswith("csd") and end.endswith(".ssd"):
-                gate = self._csd_io.get(end)
-                if gate is None:
-                    gate = self._csd_io[end] = [0, deque()]
-                return gate
+        """The FIFO gate `op` passes, if any: [moves in service, their limit, moves waiting].
+        The CSD whose flash it reads or writes, when that CSD serves a limited number of
+        flash commands at once; else the GPU's copy engine of its direction, when the
+        profile names how many copies one direction serves at once."""
+        src, dst = op.src, op.dst  # type: ignore[attr-defined]
+        if self._io_threads > 0:
+            for end in (src, dst):
+                if end.startswith("csd") and end.endswith(".ssd"):
+                    return self._gate_of(end, self._io_threads)
+        if self._copy_engines > 0 and (src == "gpu") != (dst == "gpu"):
+            return self._gate_of("gpu.h2d" if dst == "gpu" else "gpu.d2h", self._copy_engines)
         return None
+
+    def _gate_of(self, key: str, limit: int) -> list:
+        gate = self._csd_io.get(key)
+        if gate is None:
+            gate = self._csd_io[key] = [0, limit, deque()]
+        return gate
 
     def _launch(self, op: Op) -> None:
         """Start `op` now on its flow or device (a CSD flash move may queue first);
@@ -254,8 +264,8 @@ class DesBackend:
         if isinstance(op, _MOVES):
             gate = self._flash_gate(op)
             if gate is not None:
-                if gate[0] >= self._io_threads:
-                    gate[1].append(op)
+                if gate[0] >= gate[1]:
+                    gate[2].append(op)
                     return
                 gate[0] += 1
             self._start_move(op)
@@ -291,9 +301,9 @@ class DesBackend:
         gate = self._flash_gate(op)
         if gate is not None:
             gate[0] -= 1
-            if gate[1]:
+            if gate[2]:
                 gate[0] += 1
-                self._start_move(gate[1].popleft())
+                self._start_move(gate[2].popleft())
         if op.what in KV_WHATS and op.step >= 1:
             self._kv_active -= 1
             if self._kv_active == 0:
