@@ -98,7 +98,7 @@ class Calibration:
 
 def _steps(opts: CalibrateOptions, has_gpu: bool, hls_ok: bool) -> int:
     sizes = calibrate_io.SIZES_QUICK if opts.quick else calibrate_io.SIZES_FULL
-    disk = 3 * len(sizes) * 2 * (2 if opts.procs > 1 else 1)  # modes x sizes x (read, write) x (1, N procs)
+    disk = (3 * len(sizes) + len(calibrate_io.STORE_SIZES)) * 2 * (2 if opts.procs > 1 else 1)  # modes x sizes x (read, write) x (1, N procs)
     csd = len(_csd_ctx(opts)) + 2  # store, one per context length, appends
     return 1 + disk + 5 + 3 + 1 + csd * (2 if hls_ok else 1) + (1 if has_gpu else 0)
 
@@ -177,7 +177,7 @@ def _disk(cal: Calibration, work: str, opts: CalibrateOptions, bar, tick) -> Non
     budget, cap = (0.08, 32 << 20) if opts.quick else (0.6, 256 << 20)
     bar.set_postfix_str("writing disk test files")
     paths = calibrate_io.make_files(work, max(1, opts.procs, ENGINE_IO_THREADS),
-                                    (48 << 20) if opts.quick else (512 << 20))
+                                    (128 << 20) if opts.quick else (512 << 20))  # >= 2 of the largest request
     tick()
     try:
         modes = ["buffered", "diskstore"]
@@ -190,7 +190,8 @@ def _disk(cal: Calibration, work: str, opts: CalibrateOptions, bar, tick) -> Non
             # engine's I/O threads, however many drives there are
             n = ENGINE_IO_THREADS if mode == "diskstore" else max(1, opts.procs)
             bar.set_postfix_str(f"disk {mode} x{n} streams")
-            cal.disk[mode] = calibrate_io.disk_curves(paths[:n], mode, sizes, budget, cap, tick)
+            more = calibrate_io.STORE_SIZES if mode == "diskstore" else ()
+            cal.disk[mode] = calibrate_io.disk_curves(paths[:n], mode, tuple(sizes) + more, budget, cap, tick)
     finally:
         for p in paths:
             try:
