@@ -183,7 +183,6 @@ def dense_device(cal: "Calibration", dev: str, quick: bool, tick) -> None:
             with torch.inference_mode():
                 ts.append(_time_s(call, rep * 2, sync))
             xs.append(size)
-            del bufs
         curves[group] = (xs, ts)
     xs, ts = curves[1]
     _, per_byte = calibrate_csd.fit_line(xs[-2:], ts[-2:])  # the rate beyond the caches: the two largest
@@ -193,7 +192,7 @@ def dense_device(cal: "Calibration", dev: str, quick: bool, tick) -> None:
     cal.put("dense_attention_gbps", att_gbps, f"K+V bytes per second, slope of the median times of {how} "
                                               f"over the two largest")
     cal.put_curve("dense_attention", xs, ts, f"median times of {how}, 1 query head per KV row")
-    cal.put_curve("dense_attention_gqa", *curves[4], f"the same with 4 query heads per KV row")
+    cal.put_curve("dense_attention_gqa", *curves[4], "the same with 4 query heads per KV row")
     # prefill: the engine's model.prefill_attention (attend_heads on a CPU: materialised [P, P]
     # fp32 scores per head; fused SDPA on a GPU in fp16): what the score matrix costs beyond
     # the rates model's max(flops, kv bytes) term, per element
@@ -263,11 +262,9 @@ def _copies(nbytes: int, total: int = 64 << 20) -> int:
 def _cpu_attention_times(pool, attend, layout: str, rows: int, d: int, ctxs, dt, repeat: int, drives: int = 1):
     """(K+V bytes, median seconds) per ctx of the engine's CPU attention op on `pool`, over
     K, V laid out by row ("rows": a MemStore view [rows, :n] of a longer buffer) or by token
-    ("tokens": `drives` drive reads [n, rows / drives, 2, d], each attended in place with the
-    new token as a tail, one call per drive as `ops._attend_drives` makes them)."""
+    ("tokens": `drives` drive read buffers [n + 16, rows / drives, 2, d], one
+    `ops.attend_drive_buffer` call per drive as `ops._attend_drives` makes them)."""
     import torch
-
-    from . import attention as A
 
     xs, ts = [], []
     for n in ctxs:
@@ -283,13 +280,12 @@ def _cpu_attention_times(pool, attend, layout: str, rows: int, d: int, ctxs, dt,
             views = [(kb[:, :n], vb[:, :n]) for kb, vb in bufs]
         else:
             per = [(i * rows // drives, (i + 1) * rows // drives) for i in range(drives)]
-            bufs = [[torch.randn(cap, hi - lo, 2, d).to(dt) for lo, hi in per] for _ in range(copies)]
-            views = [[(b[:n, :, 0].permute(1, 0, 2), b[:n, :, 1].permute(1, 0, 2)) for b in bs] for bs in bufs]
+            views = [[torch.randn(cap, hi - lo, 2, d).to(dt) for lo, hi in per] for _ in range(copies)]
         turn = iter(range(1 << 30))
 
-        def drive_calls(vs):
-            for (lo, hi), (kv, vv) in zip(per, vs):
-                attend(q[lo:hi], kv, vv, scores_tail=A.tail_scores(q[lo:hi], kn[lo:hi]), v_tail=vn[lo:hi])
+        def drive_calls(bufs):
+            for (lo, hi), b in zip(per, bufs):
+                attend(q[lo:hi], b, n, kn[lo:hi], vn[lo:hi])
 
         def call():
             v = views[next(turn) % len(views)]
@@ -309,7 +305,7 @@ def cpu_attention(cal: "Calibration", quick: bool, tick) -> None:
 
     from concurrent.futures import ThreadPoolExecutor
 
-    from .ops import cpu_attention as drive_attention  # ops._attend_drives' call
+    from .ops import attend_drive_buffer as drive_attention  # ops._attend_drives' call
     from .ops import host_attention  # ops._cpu_attention's call over the host store
     from .run import DTYPES
 

@@ -312,14 +312,7 @@ class OpRunner:
             if hi == lo:  # more drives than rows: this one holds none
                 disk.release(i, rbuf)
                 continue
-            q = qr[lo:hi]
-            t1 = views[0].shape[1]
-            if flash_cpu_ok(*views) and t1 < rbuf.shape[0]:  # fp16 / bf16: the new token into the buffer's next slot
-                rbuf[t1, :, 0], rbuf[t1, :, 1] = kn[lo:hi, 0], vn[lo:hi, 0]  # rbuf [capacity, rows_i, 2, d]
-                out, lse = flash_cpu_attention(q, rbuf[:t1 + 1, :, 0].permute(1, 0, 2), rbuf[:t1 + 1, :, 1].permute(1, 0, 2))
-            else:
-                out, lse = cpu_attention(q, views[0], views[1], ws=self.attn_ws,
-                                         scores_tail=A.tail_scores(q, kn[lo:hi]), v_tail=vn[lo:hi])
+            out, lse = attend_drive_buffer(qr[lo:hi], rbuf, views[0].shape[1], kn[lo:hi], vn[lo:hi], self.attn_ws)
             disk.release(i, rbuf)
             self.parts.setdefault((L, m), []).append(("rows", lo, hi, out, lse))
 
@@ -465,6 +458,19 @@ def flash_cpu_ok(k: torch.Tensor, v: torch.Tensor) -> bool:
     (fp32, the exactness mode, keeps `cpu_attention`: the reference functions themselves)."""
     return (FLASH_CPU and _FLASH is not None and k.dtype in (torch.float16, torch.bfloat16) and k.device.type == "cpu"
             and k.stride(-1) == 1 and v.stride(-1) == 1)
+
+
+def attend_drive_buffer(q: torch.Tensor, rbuf: torch.Tensor, t1: int, kn: torch.Tensor, vn: torch.Tensor,
+                        ws: Optional[AttnWorkspace] = None):
+    """One drive's rows over the history read into its buffer rbuf [capacity, rows_i, 2, d]
+    (token-major: positions [0, t1)), with the new token kn, vn [rows_i, 1, d]: fp16 / bf16
+    write it into the buffer's next slot and attend through the fused flash kernel; fp32
+    attends the strided views with the new token as the softmax tail (`cpu_attention`)."""
+    k, v = rbuf[:t1, :, 0].permute(1, 0, 2), rbuf[:t1, :, 1].permute(1, 0, 2)  # [rows_i, t1, d]
+    if flash_cpu_ok(k, v) and t1 < rbuf.shape[0]:
+        rbuf[t1, :, 0], rbuf[t1, :, 1] = kn[:, 0], vn[:, 0]
+        return flash_cpu_attention(q, rbuf[:t1 + 1, :, 0].permute(1, 0, 2), rbuf[:t1 + 1, :, 1].permute(1, 0, 2))
+    return cpu_attention(q, k, v, ws=ws, scores_tail=A.tail_scores(q, kn), v_tail=vn)
 
 
 def host_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ws: Optional[AttnWorkspace] = None):
