@@ -1,6 +1,6 @@
 """The engine's host (CPU) decode attention over its KV store: the pieces path
-(`inf2hw.ops.cpu_attention`: fp32 copies of K, V per piece of rows, then bmm) against
-torch's fused CPU flash kernel (`inf2hw.ops.flash_cpu_attention`), side by side in one
+(`inf2hw.host_attention.cpu_attention`: fp32 copies of K, V per piece of rows, then bmm) against
+torch's fused CPU flash kernel (`inf2hw.host_attention.flash_cpu_attention`), side by side in one
 process, per torch thread count.
 
     python benchmarks/cpu_attention.py --rows 640 --ctx 2064 --d 128 --dtype fp16 --threads 16,15,14,8
@@ -19,22 +19,22 @@ import time
 
 import torch
 
-from inf2hw import ops
+from inf2hw import host_attention as H
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def time_kernel(kernel: str, q, stores, ctx: int, repeat: int) -> float:
     """Median seconds of one call of `kernel` ("pieces" | "flash") over rotating stores."""
-    ws = ops.AttnWorkspace()
+    ws = H.AttnWorkspace()
     turn = iter(range(1 << 30))
 
     def call():
         k, v = stores[next(turn) % len(stores)]
         k, v = k[:, :ctx], v[:, :ctx]
         if kernel == "flash":
-            return ops.flash_cpu_attention(q, k, v)
-        return ops.cpu_attention(q, k, v, ws=ws)
+            return H.flash_cpu_attention(q, k, v)
+        return H.cpu_attention(q, k, v, ws=ws)
 
     for _ in range(2):
         call()
@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=9)
     ap.add_argument("--total-gb", type=float, default=1.0, help="stores rotated over, in all")
     a = ap.parse_args()
-    if ops._FLASH is None:
+    if H._FLASH is None:
         raise SystemExit("cpu_attention: this torch has no _scaled_dot_product_flash_attention_for_cpu")
     dt = DTYPES[a.dtype]
     cap = a.ctx + 16

@@ -6,7 +6,7 @@
 The worker's compute thread attends q [rows, group, d] over its staged K,V [rows, cap, d]
 (storage dtype, a [:, :n] view of the staging buffer). Old path: `inf2hw.attention`
 on the whole share (one fresh fp32 copy of K and V per call). New path:
-`inf2hw.csd.worker.torch_attention` (`inf2hw.ops.cpu_attention` in pieces of rows with
+`inf2hw.csd.worker.torch_attention` (`inf2hw.host_attention.cpu_attention` in pieces of rows with
 reused fp32 buffers), at each piece size asked for. Prints GB/s of K,V read per second
 (2 * rows * n * d * itemsize / time, best of `--reps`), side by side, for no tail and,
 with `--tail T`, the write-back tails ("kv": T tokens of K,V; "scores": T host-made
@@ -60,7 +60,7 @@ def main() -> None:
     import torch
 
     from inf2hw.csd.worker import piece_rows, torch_attention
-    from inf2hw.ops import AttnWorkspace
+    from inf2hw.host_attention import AttnWorkspace
 
     torch.set_num_threads(a.threads)
     dt = getattr(torch, DTYPES[a.dtype])

@@ -35,7 +35,7 @@ def main() -> None:
     import torch
 
     from inf2hw import attention as A
-    from inf2hw.ops import cpu_attention
+    from inf2hw.host_attention import cpu_attention
 
     torch.set_num_threads(a.threads)
     dt = getattr(torch, DTYPES[a.dtype])

@@ -164,7 +164,7 @@ def child_measure(a) -> None:
     """This machine's rates, for the bound (GB/s = 1e9 B/s; TFLOP/s)."""
     import torch
 
-    from inf2hw.ops import cpu_attention, host_attention
+    from inf2hw.host_attention import cpu_attention, host_attention
     from inf2sim.config import default_config, specs_from_config
 
     md = specs_from_config(default_config(model=a.model)).model
@@ -257,7 +257,7 @@ def csd_attention_gbps(q, k, v, rows: int) -> float:
     """An emulated CSD's attention (the worker's own function) over `rows` of q [., G, 1, d],
     k, v [., ctx, d], in GB/s of K,V, at the calling thread's torch threads."""
     from inf2hw.csd.worker import torch_attention
-    from inf2hw.ops import AttnWorkspace
+    from inf2hw.host_attention import AttnWorkspace
 
     qc, kc, vc = q[:rows, :, 0], k[:rows], v[:rows]
     ws = AttnWorkspace()
@@ -277,7 +277,7 @@ def child_cpuattn(a) -> None:
     """The engine's CPU attention at this run's shape, whole vs in pieces of rows (GB/s of KV)."""
     import torch
 
-    from inf2hw.ops import cpu_attention
+    from inf2hw.host_attention import cpu_attention
     from inf2sim.config import default_config, specs_from_config
 
     md = specs_from_config(default_config(model=a.model)).model
@@ -288,7 +288,7 @@ def child_cpuattn(a) -> None:
     k, v = (torch.randn(rows, cap, d, dtype=dt)[:, :ctx] for _ in range(2))  # strided, as a store's view
     kv = 2 * rows * ctx * d * k.element_size()
     from inf2hw.attention import attend_partial
-    from inf2hw.ops import AttnWorkspace
+    from inf2hw.host_attention import AttnWorkspace
 
     n = torch.get_num_threads()
     t = _best(lambda: attend_partial(q, k, v), 3)

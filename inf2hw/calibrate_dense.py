@@ -5,7 +5,7 @@ CSD `inf2hw.calibrate_csd`). Each function puts its numbers into the `Calibratio
 line saying how they were measured; `inf2hw.calibrate_profile` maps them to profile fields
 (see the table in `inf2hw.calibrate`). Every timing is the median of repeated calls, run
 through the engine's own code where the engine has it (model.qkv / model.post,
-model.prefill_attention, ops.cpu_attention, the cooperative attention's tensor ops,
+model.prefill_attention, host_attention.cpu_attention, the cooperative attention's tensor ops,
 Engine.execute). Units: seconds, bytes, FLOP, GB/s = 1e9 B/s, TFLOP/s, us.
 """
 from __future__ import annotations
@@ -263,7 +263,7 @@ def _cpu_attention_times(pool, attend, layout: str, rows: int, d: int, ctxs, dt,
     """(K+V bytes, median seconds) per ctx of the engine's CPU attention op on `pool`, over
     K, V laid out by row ("rows": a MemStore view [rows, :n] of a longer buffer) or by token
     ("tokens": `drives` drive read buffers [n + 16, rows / drives, 2, d], one
-    `ops.attend_drive_buffer` call per drive as `ops._attend_drives` makes them)."""
+    `host_attention.attend_drive_buffer` call per drive as `ops._attend_drives` makes them)."""
     import torch
 
     xs, ts = [], []
@@ -305,8 +305,8 @@ def cpu_attention(cal: "Calibration", quick: bool, tick) -> None:
 
     from concurrent.futures import ThreadPoolExecutor
 
-    from .ops import attend_drive_buffer as drive_attention  # ops._attend_drives' call
-    from .ops import host_attention  # ops._cpu_attention's call over the host store
+    from .host_attention import attend_drive_buffer as drive_attention  # ops._attend_drives' call
+    from .host_attention import host_attention  # ops._cpu_attention's call over the host store
     from .run import DTYPES
 
     dt = DTYPES[cal.opts.dtype]
@@ -324,7 +324,7 @@ def cpu_attention(cal: "Calibration", quick: bool, tick) -> None:
                                           drives=1 if layout == "rows" else cal.opts.ssd_count)
             if layout == "rows":
                 a, b = calibrate_csd.fit_line(xs, ts)
-                how = (f"the engine's ops.host_attention submitted to a one-thread pool as the engine does (distinct "
+                how = (f"the engine's host_attention.host_attention submitted to a one-thread pool as the engine does (distinct "
                        f"K, V, rotated so each call reads them from memory), rows={rows} d={d} ctx={list(ctxs)} "
                        f"{cal.opts.dtype}, {cal.opts.threads} torch thread(s)")
                 fit = "; fit t = fixed + bytes/rate over the median times"

@@ -1,5 +1,5 @@
 """The emulated CSD worker's attention in pieces of rows (`inf2hw.csd.worker.torch_attention`
-over `inf2hw.ops.cpu_attention`) against the reference attention (`inf2hw.attention` in
+over `inf2hw.host_attention.cpu_attention`) against the reference attention (`inf2hw.attention` in
 fp32) for every write-back tail; fp32 stays bit-for-bit the reference. Also the host-side
 pieces of the engine's speed work that run without a GPU: the pinned store's chunking,
 its fallback to pageable memory, the parallel relay -> store copy and the CSD thread count."""
@@ -14,7 +14,7 @@ import torch
 from inf2hw import stores
 from inf2hw.attention import attend_partial, attend_with_scores, tail_scores
 from inf2hw.csd.worker import piece_rows, torch_attention
-from inf2hw.ops import AttnWorkspace, cpu_attention
+from inf2hw.host_attention import AttnWorkspace, cpu_attention
 from inf2hw.ops_io import _host_write
 from inf2hw.run import EngineOptions, csd_threads_for
 
@@ -173,7 +173,7 @@ def test_flash_cpu_attention_matches_reference(dtype, tol, group):
     """The engine's host attention over a reduced-precision store (torch's fused CPU flash
     kernel, over a strided view of the store as the engine reads it): the reference's out to
     the dtype's rounding, its log-sum-exp to fp32 rounding."""
-    from inf2hw.ops import flash_cpu_attention, flash_cpu_ok
+    from inf2hw.host_attention import flash_cpu_attention, flash_cpu_ok
 
     g = torch.Generator().manual_seed(5)
     q = torch.randn(6, group, 1, 32, generator=g).to(dtype)

@@ -57,22 +57,22 @@ def test_a_large_read_split_over_read_threads_matches(tmp_path, monkeypatch):
 def test_fp16_drive_attention_through_the_flash_kernel_keeps_the_tokens(tmp_path, monkeypatch):
     """FlexGen's drive attention in fp16 on the CPU: the new token written into the read
     buffer's next slot and the fused flash kernel give the pieces path's tokens."""
-    from inf2hw import ops
+    from inf2hw import host_attention as H
     from inf2hw.run import EngineOptions, run_engine
     from inf2sim.config import default_config, specs_from_config
 
     r = specs_from_config(default_config(model="opt-125m", policy="flexgen_ssd", **{
         "workload.batch": 4, "workload.prompt_len": 24, "workload.gen_len": 4, "hardware.ssd_count": 2}))
     calls = []
-    real = ops.flash_cpu_attention
-    monkeypatch.setattr(ops, "flash_cpu_attention", lambda *a: calls.append(1) or real(*a))
+    real = H.flash_cpu_attention
+    monkeypatch.setattr(H, "flash_cpu_attention", lambda *a: calls.append(1) or real(*a))
     got = {}
     for flash in (True, False):
-        ops.FLASH_CPU = flash
+        H.FLASH_CPU = flash
         try:
             toks, logits, _, _ = run_engine(r, EngineOptions(device="cpu", dtype="fp16"), out_dir=str(tmp_path / str(flash)))
         finally:
-            ops.FLASH_CPU = True
+            H.FLASH_CPU = True
         got[flash] = (toks, logits)
     assert len(calls) == 3 * 12 * 2  # decode steps x layers x drives, in the flash run only
     assert got[True][0] == got[False][0]

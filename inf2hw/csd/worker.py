@@ -14,7 +14,7 @@ Threads:
                           O_DIRECT) and load (pread into an aligned staging buffer),
                           FIFO, so a load sees every store queued before it.
   compute                 attend (waits for its bound load) and fetch, FIFO. Torch
-                          attention runs in pieces of rows (`inf2hw.ops.cpu_attention`,
+                          attention runs in pieces of rows (`inf2hw.host_attention.cpu_attention`,
                           fp32 buffers reused across calls) on `threads` torch threads,
                           set on each thread itself (OpenMP teams are per thread).
 So the load of layer l+1 runs while layer l attends. Each load takes a staging buffer
@@ -66,13 +66,13 @@ def torch_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n: int, t
     """A worker's torch attend: q [rows, group, d] over the first n tokens of k, v
     [rows, cap, d] (storage dtype) and the tail (None | ("kv", k_tail, v_tail) |
     ("scores", s [rows, group, tail] fp32, v_tail)) -> (out [rows, group, d], lse
-    [rows, group]) fp32. fp16/bf16 K,V go through `inf2hw.ops.cpu_attention` in pieces of
+    [rows, group]) fp32. fp16/bf16 K,V go through `inf2hw.host_attention.cpu_attention` in pieces of
     `rows_per_piece` rows (default: `piece_rows`) with the worker's reused fp32 buffers
     `ws` (a fresh fp32 copy of the whole K and V per call ran at ~0.5 GB/s on one core,
     pieces at ~4 GB/s: benchmarks/csd_attention.py); fp32 K,V take `inf2hw.attention`
     itself (bit-for-bit what the worker computed before pieces)."""
     from ..attention import tail_scores
-    from ..ops import cpu_attention
+    from ..host_attention import cpu_attention
 
     q4, k, v = q.unsqueeze(2), k[:, :n], v[:, :n]  # q4 [rows, group, 1, d]; k, v [rows, n, d]
     rows_per_piece = rows_per_piece or piece_rows(n, q.shape[-1])
@@ -125,7 +125,7 @@ class CsdWorker:
             hls_kernel.load_library()  # build/load now, not inside the first attend
             self.hls_attention = hls_kernel.hls_attention
         else:
-            from ..ops import AttnWorkspace
+            from ..host_attention import AttnWorkspace
 
             self.attn_ws = AttnWorkspace()
 
