@@ -186,7 +186,7 @@ def dense_device(cal: "Calibration", dev: str, quick: bool, tick) -> None:
         curves[group] = (xs, ts)
     xs, ts = curves[1]
     _, per_byte = calibrate_csd.fit_line(xs[-2:], ts[-2:])  # the rate beyond the caches: the two largest
-    att_gbps = 1.0 / per_byte / 1e9 if per_byte > 0 else xs[-1] / ts[-1] / 1e9
+    att_gbps = (1.0 / per_byte if per_byte > 0 else xs[-1] / ts[-1]) / 1e9  # measured B/s, written in GB/s
     how = (f"the engine's cooperative decode attention (attention.attend_slot: new token into the slot, attend_partial) "
            f"rows={seqs * kvh} d={d} ctx={list(ctxs)} {cal.opts.dtype} on {dev}")
     cal.put("dense_attention_gbps", att_gbps, f"K+V bytes per second, slope of the median times of {how} "

@@ -33,7 +33,6 @@ import torch
 
 from inf2sim.layout import keeps_x
 from inf2sim.plan import Attention, DenseCompute, Op, Spill, Transfer
-from inf2sim.policies.ans import X_RING  # GPU buffers of X per micro-batch (the plan chains the loads)
 
 from . import attention as A
 from .host_attention import AttnWorkspace, attend_drive_buffer, host_attention

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from inf2sim.plan import Spill, Transfer
+from inf2sim.policies.ans import X_RING  # GPU buffers of X per micro-batch (the plan chains the loads)
 
 from . import attention as A
-from .ops import X_RING, csd_index
+from .ops import csd_index
 
 KV_OUT_DEPTH = 2  # D2H jobs of the prompt's K,V in flight before the engine waits for the oldest
 
