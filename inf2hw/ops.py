@@ -73,6 +73,13 @@ def csd_index(name: str) -> int:
 class OpRunner:
     """Holds the run's tensors and stores; executes ops (see module docstring)."""
 
+    @property
+    def last_logits(self) -> Optional[torch.Tensor]:
+        """The logits that chose the last token, fp32 [batch, vocab] on the CPU (None before any head)."""
+        if not self.step_logits:
+            return None
+        return torch.cat([self.step_logits[m] for m in sorted(self.step_logits)]).cpu()
+
     def __init__(self, ctx):
         self.c = ctx  # EngineContext: spec, weights, device, dtypes, csds, stores, layout, prompts
         self.io = StampedPool(max_workers=2, thread_name_prefix="inf2-io")
@@ -91,7 +98,7 @@ class OpRunner:
         self.dev_w: Dict[int, M.LayerWeights] = {}  # layer -> its GPU weight slot (streamed weights)
         self.fill: Dict[Tuple[int, int, int], int] = {}  # (csd, L, mb) -> token slots stored
         self.tokens: List[List[int]] = [[] for _ in range(ctx.spec.workload.batch)]
-        self.last_logits: Optional[torch.Tensor] = None
+        self.step_logits: Dict[int, torch.Tensor] = {}  # micro-batch -> fp32 [mb, vocab] on the device, latest step
         self.step = 0
         self.cuda = str(ctx.device).startswith("cuda")
         self.w_slots: List[Optional[M.LayerWeights]] = [None, None]
@@ -224,8 +231,7 @@ class OpRunner:
             nxt = lg.argmax(-1).tolist()  # the host needs the tokens: waits for this micro-batch's step
             for j, i in enumerate(range(self._mb_slice(m).start, self._mb_slice(m).stop)):
                 self.tokens[i].append(int(nxt[j]))
-            lg = lg.cpu()
-            self.last_logits = lg if m == 0 else torch.cat([self.last_logits, lg])
+            self.step_logits[m] = lg  # stays on the device: copied to the host once, by `last_logits`
             self.xin.pop((md.num_layers - 1, m), None)
         elif tag == "kv_regen":
             xs = self.staged.pop(("x", L, m))  # [nx, ctx-1, hidden] on device

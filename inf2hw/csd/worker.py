@@ -55,6 +55,14 @@ def tensor_at(u8: np.ndarray, off: int, dtype: torch.dtype, shape: Tuple[int, ..
     return torch.from_numpy(u8[off:off + n]).view(dtype).view(shape)
 
 
+def tensor_copy_at(u8: np.ndarray, off: int, dtype: torch.dtype, shape: Tuple[int, ...]) -> torch.Tensor:
+    """A copy of `tensor_at(...)` made by numpy: one memcpy on the calling thread. A torch
+    copy here would start an OpenMP team of the receiver thread's default size (every
+    core) while the compute thread's team is busy: milliseconds for a small query."""
+    n = int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
+    return torch.from_numpy(u8[off:off + n].copy()).view(dtype).view(shape)
+
+
 def piece_rows(n: int, head_dim: int) -> int:
     """Rows per piece of the worker's attention over n tokens: fp32 K of a piece within
     `ATTN_PIECE_BYTES` (3 rows at ctx 2064, d 128; one row from ctx 8192)."""
@@ -261,10 +269,10 @@ class CsdWorker:
             self.io_q.put(job)
         elif kind == "send_query":
             start = time.perf_counter()
-            q = tensor_at(self.down, *args["q"]).clone()  # [rows, group, d]
+            q = tensor_copy_at(self.down, *args["q"])  # [rows, group, d]
             tail = args["tail"]
             if tail is not None:
-                tail = (tail[0], tensor_at(self.down, *tail[1]).clone(), tensor_at(self.down, *tail[2]).clone())
+                tail = (tail[0], tensor_copy_at(self.down, *tail[1]), tensor_copy_at(self.down, *tail[2]))
             self.queries[key] = (q, tail)
             self.finish(job, start, None)
         elif kind == "attend":
