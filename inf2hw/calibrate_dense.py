@@ -193,8 +193,8 @@ def dense_device(cal: "Calibration", dev: str, quick: bool, tick) -> None:
                                               f"over the two largest")
     cal.put_curve("dense_attention", xs, ts, f"median times of {how}, 1 query head per KV row")
     cal.put_curve("dense_attention_gqa", *curves[4], "the same with 4 query heads per KV row")
-    # prefill: the engine's model.prefill_attention (attend_heads on a CPU: materialised [P, P]
-    # fp32 scores per head; fused SDPA on a GPU in fp16): what the score matrix costs beyond
+    # prefill: the engine's model.prefill_attention (fused SDPA; the materialised fp32
+    # attend_heads for fp32 on a GPU): what the score matrix costs beyond
     # the rates model's max(flops, kv bytes) term, per element
     heads = 16  # score matrices of 1 MiB (P = 128) to 256 MiB (P = 2048): inside the caches to far beyond
     ps = (128, 512, 1024) if quick else (128, 256, 512, 1024, 2048)

@@ -307,14 +307,17 @@ def post(lw: LayerWeights, spec: ModelSpec, x: Tensor, attn: Tensor) -> Tensor:
 
 def prefill_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """Causal attention of a prompt over itself: q [b, heads, P, d] unscaled, k, v
-    [b, kv_heads, P, d] -> [b, heads, P, d]. fp16/bf16 on a GPU: PyTorch's fused
-    scaled_dot_product_attention (flash / memory-efficient kernels, fp32 accumulation,
-    result in q's dtype). Otherwise the exact fp32 `attend_heads` (its fp32 result)."""
-    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
-        gqa = q.shape[1] != k.shape[1]
-        kw = {"enable_gqa": True} if gqa else {}
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0 / math.sqrt(q.shape[-1]), **kw)
-    return attend_heads(q, k, v, causal=True)
+    [b, kv_heads, P, d] -> [b, heads, P, d] in q's dtype. PyTorch's fused
+    scaled_dot_product_attention on every device and dtype (flash / memory-efficient
+    kernels on a GPU, the CPU flash kernel on a CPU): no [P, P] score matrix in memory.
+    On this repo's 2-core CPU it is 13x faster than the materialised fp32 `attend_heads`
+    at b=4, 12 heads, P=2048 (benchmarks/prefill_attention.py); in fp32 the two
+    agree to ~1e-6, so greedy tokens still match the reference model's."""
+    if q.is_cuda and q.dtype == torch.float32:
+        return attend_heads(q, k, v, causal=True)  # fp32 on a GPU stays the materialised reference
+    gqa = q.shape[1] != k.shape[1]
+    kw = {"enable_gqa": True} if gqa else {}
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0 / math.sqrt(q.shape[-1]), **kw)
 
 
 def head(w: Weights, x: Tensor) -> Tensor:
