@@ -44,11 +44,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-
 from . import calibrate_csd, calibrate_dense, calibrate_io
-
-
-ENGINE_IO_THREADS = 2  # inf2hw.ops.OpRunner.io: the engine's disk I/O threads (FlexGen drives, X on flash)
+from .ops import IO_THREADS
 
 
 @dataclass(frozen=True)
@@ -176,7 +173,7 @@ def _disk(cal: Calibration, work: str, opts: CalibrateOptions, bar, tick) -> Non
     sizes = calibrate_io.SIZES_QUICK if opts.quick else calibrate_io.SIZES_FULL
     budget, cap = (0.08, 32 << 20) if opts.quick else (0.6, 256 << 20)
     bar.set_postfix_str("writing disk test files")
-    paths = calibrate_io.make_files(work, max(1, opts.procs, ENGINE_IO_THREADS),
+    paths = calibrate_io.make_files(work, max(1, opts.procs, IO_THREADS),
                                     (128 << 20) if opts.quick else (512 << 20))  # >= 2 of the largest request
     tick()
     try:
@@ -188,7 +185,7 @@ def _disk(cal: Calibration, work: str, opts: CalibrateOptions, bar, tick) -> Non
         for mode in modes:
             # the CSDs' files: one worker process per CSD at once; FlexGen's drive files: the
             # engine's I/O threads, however many drives there are
-            n = ENGINE_IO_THREADS if mode == "diskstore" else max(1, opts.procs)
+            n = IO_THREADS if mode == "diskstore" else max(1, opts.procs)
             bar.set_postfix_str(f"disk {mode} x{n} streams")
             more = calibrate_io.STORE_SIZES if mode == "diskstore" else ()
             cal.disk[mode] = calibrate_io.disk_curves(paths[:n], mode, tuple(sizes) + more, budget, cap, tick)

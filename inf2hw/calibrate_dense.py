@@ -310,12 +310,13 @@ def cpu_attention(cal: "Calibration", quick: bool, tick) -> None:
     from .run import DTYPES
 
     dt = DTYPES[cal.opts.dtype]
-    # up to 537 MB (fp32, 1 thread) of K+V: a real KV cache is far beyond the caches; more
+    # up to 1.07 GB (fp32, 1 thread; fp16, 8 threads) of K+V: a real KV cache is far beyond
+    # the caches, and a (layer, micro-batch) of OPT-13B at batch 32, prompt 1536 is 1 GB; more
     # rows with more threads (a call over 64 rows cannot keep 8 threads busy; the engine's
     # calls span hundreds of rows on such a machine)
     rows, d = 64 * max(1, cal.opts.threads // 2), 128
     # from working sets inside the caches to far beyond them (the profile keeps every median)
-    ctxs = (16, 128, 1024, 4096) if quick else (16, 32, 64, 128, 256, 512, 1024, 4096, 8192)
+    ctxs = (16, 128, 1024, 4096, 8192) if quick else (16, 32, 64, 128, 256, 512, 1024, 4096, 8192)
     pool = ThreadPoolExecutor(max_workers=1)  # the engine runs CPU attention on a one-thread pool
     try:
         for layout in ("rows", "tokens"):

@@ -27,7 +27,9 @@ from __future__ import annotations
 import mmap
 import multiprocessing as mp
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Tuple
 
@@ -118,16 +120,20 @@ def _one_stream(path: str, op: str, mode: str, req: int, budget_s: float, max_by
         buf.close()
 
 
-def _split_io(fd: int, op: str, view: memoryview, off: int) -> None:
-    """`op` over `view` as SPLIT_THREADS preadv / pwrite calls at once (DiskStore._in_parts)."""
-    from concurrent.futures import ThreadPoolExecutor
+_SPLIT_POOL: List[ThreadPoolExecutor] = []  # this process's one pool of split calls, as DiskStore has one
 
+
+def _split_io(fd: int, op: str, view: memoryview, off: int) -> None:
+    """`op` over `view` as SPLIT_THREADS preadv / pwrite calls at once (DiskStore._in_parts),
+    on the process's one pool of SPLIT_THREADS threads: streams at once share it, as the
+    engine's drives share DiskStore's."""
+    if not _SPLIT_POOL:
+        _SPLIT_POOL.append(ThreadPoolExecutor(SPLIT_THREADS, thread_name_prefix="calibrate-split"))
     step = -(-len(view) // SPLIT_THREADS)
-    with ThreadPoolExecutor(SPLIT_THREADS) as pool:
-        call = (lambda a: os.preadv(fd, [view[a:a + step]], off + a)) if op == "read" else \
-            (lambda a: os.pwrite(fd, view[a:a + step], off + a))
-        for job in [pool.submit(call, a) for a in range(0, len(view), step)]:
-            job.result()
+    call = (lambda a: os.preadv(fd, [view[a:a + step]], off + a)) if op == "read" else \
+        (lambda a: os.pwrite(fd, view[a:a + step], off + a))
+    for job in [_SPLIT_POOL[0].submit(call, a) for a in range(0, len(view), step)]:
+        job.result()
 
 
 def _child(conn, path, op, mode, req, budget_s, max_bytes, barrier):
@@ -141,10 +147,22 @@ def _child(conn, path, op, mode, req, budget_s, max_bytes, barrier):
 
 
 def _streams(paths: List[str], op: str, mode: str, req: int, budget_s: float, max_bytes: int) -> Tuple[float, float]:
-    """(per-process GB/s averaged, aggregate GB/s) of len(paths) processes started together."""
+    """(per-stream GB/s averaged, aggregate GB/s) of len(paths) streams started together:
+    processes (the CSD workers), or for `diskstore` threads of this process (the engine's
+    drive I/O threads, sharing one pool of split calls)."""
     if len(paths) == 1:
         b, s = _one_stream(paths[0], op, mode, req, budget_s, max_bytes)
         return b / s / 1e9, b / s / 1e9
+    if mode == "diskstore":
+        gate = threading.Barrier(len(paths))
+
+        def stream(p: str) -> Tuple[int, float]:
+            gate.wait(30)
+            return _one_stream(p, op, mode, req, budget_s, max_bytes)
+
+        with ThreadPoolExecutor(len(paths)) as pool:
+            got = list(pool.map(stream, paths))
+        return _rates(got)
     ctx = _ctx()
     barrier = ctx.Barrier(len(paths))
     pipes, procs = [], []
@@ -161,6 +179,11 @@ def _streams(paths: List[str], op: str, mode: str, req: int, budget_s: float, ma
     for g in got:
         if g[0] == "error":
             raise OSError(f"disk benchmark child failed: {g[1]}")
+    return _rates(got)
+
+
+def _rates(got: List[Tuple[int, float]]) -> Tuple[float, float]:
+    """(bytes, seconds) per stream -> (mean per-stream GB/s, aggregate GB/s)."""
     per = [b / s / 1e9 for b, s in got]
     agg = sum(b for b, _ in got) / max(s for _, s in got) / 1e9
     return sum(per) / len(per), agg

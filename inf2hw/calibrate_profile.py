@@ -29,6 +29,7 @@ from inf2sim.accel import kv_bytes
 
 from .calibrate import Calibration
 from .calibrate_io import monotone
+from .ops import IO_THREADS
 
 NO_COPY_GBPS = 1000.0  # "no bytes move" links: far above anything else in the profile
 
@@ -97,9 +98,11 @@ def _curves(c, indent: str, tag: str) -> List[str]:
         (" (< 4 KiB: read-modify-write of a 4 KiB block, as inf2hw.csd.kvfile does)" if c.mode == "direct" else ""),
     ]
     if c.procs > 1:
+        who = (f"{c.procs} streams at once in one process, sharing one pool of the split calls' threads as "
+               "DiskStore's drives do") if c.mode == "diskstore" else f"{c.procs} processes at once"
         lines += [
-            f"{indent}shared_read_gbps: {_fmt_list(monotone(c.read_agg_gbps))}   # {tag}: {c.procs} processes at once, aggregate (one disk)",
-            f"{indent}shared_write_gbps: {_fmt_list(monotone(c.write_agg_gbps))}  # {tag}: {c.procs} processes at once, aggregate",
+            f"{indent}shared_read_gbps: {_fmt_list(monotone(c.read_agg_gbps))}   # {tag}: {who}, aggregate (one disk)",
+            f"{indent}shared_write_gbps: {_fmt_list(monotone(c.write_agg_gbps))}  # {tag}: {who}, aggregate",
         ]
     return lines
 
@@ -211,6 +214,8 @@ def profile_yaml(cal: Calibration, csd_count: int = 2, ssd_count: int = 2) -> st
     ]
     lines += _curves(disk_ssd, "  ", f"page cache, DiskStore-style pread + copy / pwrite ({src})")
     lines += [
+        f"  io_threads: {IO_THREADS}   # the engine serves this many drive reads / writes at once, in order "
+        "(inf2hw.ops.IO_THREADS)",
         "  capacity_gb: 0",
         "ssd_uplink:   # no PCIe switch: the drive files sit in host memory / one disk",
         f"  up_gbps: {_r(memcpy)}",

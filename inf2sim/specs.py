@@ -121,6 +121,9 @@ class StorageSpec:
     # Empty = each drive is its own device (real SSDs, SmartSSDs).
     shared_read_gbps: List[float] = field(default_factory=list)
     shared_write_gbps: List[float] = field(default_factory=list)
+    # Reads and writes of all drives of this kind that the host serves at once, in the
+    # order they come (the real engine's drive I/O pool): 0 = no limit.
+    io_threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -336,6 +339,7 @@ def validate(model: ModelSpec, workload: Workload, hw: HardwareProfile, policy: 
         raise SpecError(f"hardware.gpu.attention_score_mib / _mib_ns: equal lengths, increasing sizes and "
                         f"times >= 0 are needed, got {list(q)} / {list(ns)}")
     check_positive("hardware.csd.io_threads", hw.csd.io_threads, allow_zero=True)
+    check_positive("hardware.ssd.io_threads", hw.ssd.io_threads, allow_zero=True)
     check_positive("hardware.gpu.copy_engines", hw.gpu.copy_engines, allow_zero=True)
     check_positive("hardware.host.shared_cores", hw.host.shared_cores, allow_zero=True)
     for dev in hw.host.core_devices:

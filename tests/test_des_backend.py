@@ -284,3 +284,19 @@ def test_gpu_copy_engines_serve_one_direction_in_order(engines, want):
     got = be.execute(step(0, xfer("w", "dram", "gpu", GB), xfer("x", "dram", "gpu", GB // 2),
                           xfer("o", "gpu", "dram", GB)))
     assert times(got + be.finish()) == want
+
+
+@pytest.mark.parametrize("io_threads, want", [(0, {"r0": (0.0, 1.0), "r1": (0.0, 1.0)}),
+                                               (1, {"r0": (0.0, 1.0), "r1": (1.0, 2.0)})])
+def test_drive_io_threads_serve_moves_over_all_drives_in_order(io_threads, want):
+    """Reads of 1 GB from two drives (1 GB/s media each, a 4 GB/s uplink): with no limit they
+    run at once; a host that serves one drive command at a time (the engine's drive I/O
+    pool, `ssd.io_threads`) runs the second after the first, though it is another drive."""
+    from dataclasses import replace
+
+    ssd = StorageSpec(link=LinkSpec(4, 4, 0), req_kib=[4, 1024], read_gbps=[1, 1], write_gbps=[1, 1],
+                      io_threads=io_threads)
+    hw = replace(TINY, ssd_count=2, ssd=ssd, ssd_uplink=LinkSpec(4, 4, 0))
+    be = DesBackend(hw)
+    got = be.execute(step(0, xfer("r0", "ssd0", "dram", GB), xfer("r1", "ssd1", "dram", GB)))
+    assert times(got + be.finish()) == want

@@ -21,6 +21,8 @@ How ops map onto the model
   stretched service time.
 - A move to or from a CSD's flash (`csd{i}.ssd`) waits, FIFO, while that CSD already
   serves `hw.csd.io_threads` of them (0: no limit); its span starts when it starts.
+- A move to or from a conventional drive (`ssd{i}`) waits, FIFO, while `hw.ssd.io_threads`
+  such moves over all drives are in service (0: no limit): the engine's drive I/O pool.
 - Likewise a copy into (out of) the GPU waits while `hw.gpu.copy_engines` copies in that
   direction are in service (0: no limit, concurrent copies share the link's bandwidth).
 
@@ -99,6 +101,7 @@ class DesBackend:
         # CSD flash endpoint or GPU copy direction -> [moves in service, limit, FIFO of moves waiting]
         self._csd_io: Dict[str, list] = {}
         self._io_threads = hw.csd.io_threads
+        self._drive_io_threads = hw.ssd.io_threads
         self._copy_engines = hw.gpu.copy_engines
         self._kv_active = 0  # decode KV transfers in flight; their union in time is kv_io_s
         self._kv_since_s = 0.0
@@ -241,13 +244,16 @@ class DesBackend:
     def _flash_gate(self, op: Op) -> Optional[list]:
         """The FIFO gate `op` passes, if any: [moves in service, their limit, moves waiting].
         The CSD whose flash it reads or writes, when that CSD serves a limited number of
-        flash commands at once; else the GPU's copy engine of its direction, when the
-        profile names how many copies one direction serves at once."""
+        flash commands at once; the host's drive I/O pool, for a move to or from a
+        conventional drive when the profile limits it; else the GPU's copy engine of its
+        direction, when the profile names how many copies one direction serves at once."""
         src, dst = op.src, op.dst  # type: ignore[attr-defined]
         if self._io_threads > 0:
             for end in (src, dst):
                 if end.startswith("csd") and end.endswith(".ssd"):
                     return self._gate_of(end, self._io_threads)
+        if self._drive_io_threads > 0 and any(e.startswith("ssd") and e[3:].isdigit() for e in (src, dst)):
+            return self._gate_of("ssd.io", self._drive_io_threads)
         if self._copy_engines > 0 and (src == "gpu") != (dst == "gpu"):
             return self._gate_of("gpu.h2d" if dst == "gpu" else "gpu.d2h", self._copy_engines)
         return None
