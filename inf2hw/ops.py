@@ -156,14 +156,14 @@ class OpRunner:
     def _host(self, t: torch.Tensor) -> torch.Tensor:
         return t.to("cpu", self.c.store_dtype)
 
-    def _to_device(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """A host result (attention output) onto the compute device. On a GPU through a
-        pinned copy (torch's caching host allocator keeps it until the copy is done): a
-        copy from pageable memory would first wait for everything queued on the stream,
-        and the op's kernels behind it would then start on an idle GPU one by one."""
-        if self.cuda and not t.is_cuda:
-            return t.pin_memory().to(self.c.device, dtype, non_blocking=True)
-        return t.to(self.c.device, dtype)
+    def parts_to_device(self, L: int, m: int) -> None:
+        """o_h2d: the attention results of (L, m) computed off the GPU (host attention, CSD
+        fetches) onto it, in their own dtype, so that `post` only computes. A copy from
+        pageable memory first waits for the work queued on the stream; in this op that wait
+        is the transfer's, as the plan has it."""
+        if self.cuda and (L, m) in self.parts:
+            self.parts[(L, m)] = [p if p[0] == "heads" else p[:3] + tuple(t.to(self.c.device) for t in p[3:])
+                                  for p in self.parts[(L, m)]]
 
     def stream_for(self, op: Op):
         """The CUDA stream op's GPU work is enqueued on, or None for host-side ops."""
@@ -265,7 +265,7 @@ class OpRunner:
         kvh, g, d = self.md.num_kv_heads, self.md.group_size, self.md.head_dim
         if len(parts) == 1 and parts[0][1:3] == (0, mb * kvh):  # one piece covering every row, wherever it is
             out = parts[0][3].reshape(mb * kvh, g, 1, d)
-            return self._to_device(A.rows_to_heads(out, mb), self.c.compute_dtype)
+            return A.rows_to_heads(out, mb).to(self.c.device, self.c.compute_dtype)
         by_rows: Dict[Tuple[int, int], List[tuple]] = {}
         for _, r0, r1, out, lse in parts:
             by_rows.setdefault((r0, r1), []).append((out, lse))
@@ -274,7 +274,7 @@ class OpRunner:
         rows = torch.zeros(mb * kvh, g, 1, d, dtype=torch.float32, device=self.c.device)
         for (r0, r1), ps in by_rows.items():
             out, _ = ps[0] if len(ps) == 1 else A.merge_partials(ps)
-            rows[r0:r1] = self._to_device(out.reshape(r1 - r0, g, 1, d), torch.float32)
+            rows[r0:r1] = out.reshape(r1 - r0, g, 1, d).to(self.c.device, torch.float32)
         return A.rows_to_heads(rows, mb).to(self.c.compute_dtype)
 
     # -------------------------------------------------------------- attention

@@ -293,7 +293,7 @@ def transfer(r, op: Transfer, tag: str):
         i = csd_index(op.src)
         return r.c.csds[i].fetch(L, m)  # the result lands in `OpRunner.complete`
     if tag == "o_h2d":
-        return None  # results are gathered and moved to the device in `_assemble`
+        return r.parts_to_device(L, m)  # `_assemble` (in post) merges them there
     # ----------------------------------------------------------------- cooperative X-cache
     if tag.startswith("xload") and tag != "xload":
         i = int(tag[len("xload"):])
