@@ -206,13 +206,19 @@ def dense_device(cal: "Calibration", dev: str, quick: bool, tick) -> None:
         qp = torch.randn(1, heads, p, d, device=dev).to(dt)
         with torch.inference_mode():
             s = _time_s(lambda: M.prefill_attention(qp, qp, qp), 3 if quick else 5, sync)
-        base = max(4.0 * heads * p * p * d / peak, 2 * heads * p * d * qp.element_size() / (att_gbps * 1e9))  # as rates.py
+        # as rates.py charges a prefill attention op: its flops as the scheduler counts them
+        # (causal: half of 4*P*P*d), or its K,V bytes at the attention rate
+        base = max(2.0 * heads * p * p * d / peak, 2 * heads * p * d * qp.element_size() / (att_gbps * 1e9))
         xs.append(heads * p * p)
         res.append(s - base)
     _, per = calibrate_csd.fit_line(xs, res)
-    how = (f"(median time of model.prefill_attention, {heads} heads d={d}, minus max(flops/peak, kv/attention "
-           f"rate)) per score element heads*P*P, {cal.opts.dtype} on {dev}")
+    how = (f"(median time of model.prefill_attention, {heads} heads d={d}, minus max(causal flops 2*heads*P*P*d / peak, "
+           f"kv/attention rate)) per score element heads*P*P, {cal.opts.dtype} on {dev}")
     cal.put("attention_score_ns", per * 1e9, f"slope over P={list(ps)} of {how}")
+    fused = not (dev.startswith("cuda") and q.element_size() == 4)  # model.prefill_attention materialises only fp32 on a GPU
+    cal.put("attention_score_head_dim", d if fused else 0, "the head dim of the prefill attention timed for attention_score_*: "
+            "the DES scales the per-element costs by an op's head_dim / this (the fused kernel's cost per score element "
+            "grows with head_dim: on a CPU it computes the masked half too); 0 for the materialised fp32 path on a GPU")
     # per size as well: scores that fit in the caches cost less per element than ones that do not
     cal.put_series("attention_score_mib", [x * 4 / 2**20 for x in xs], [max(0.0, r / x * 1e9) for r, x in zip(res, xs)],
                    f"at P={list(ps)} of {how}")

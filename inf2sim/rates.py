@@ -161,7 +161,8 @@ def work_seconds(op: ComputeOp, hw: HardwareProfile, dtype_bytes: int = 2) -> fl
             if op.q_len > 1:
                 rows, stored, n_tail = attention_shape(op)
                 n = rows * op.group * op.q_len * (stored + n_tail)
-                t += n * score_ns(hw.gpu, n) * 1e-9
+                per_d = op.head_dim / hw.gpu.attention_score_head_dim if hw.gpu.attention_score_head_dim else 1.0
+                t += n * score_ns(hw.gpu, n) * per_d * 1e-9
             return t
         if dev == "cpu" and op.kv_layout == "tokens" and hw.cpu.tokens_attention_kib:
             return curve_seconds(hw.cpu.tokens_attention_kib, hw.cpu.tokens_attention_us,

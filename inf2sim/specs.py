@@ -142,6 +142,10 @@ class GpuSpec:
     # that fit in the caches cost less per element than ones written to memory and read back)
     attention_score_mib: List[float] = field(default_factory=list)
     attention_score_mib_ns: List[float] = field(default_factory=list)
+    # The head dim those costs were measured at: a fused kernel's cost per score element
+    # grows with head_dim (it computes the masked half too), so the DES scales them by
+    # head_dim / this (0 = no scaling: a materialised score matrix's cost does not).
+    attention_score_head_dim: int = 0
     launch_us: float = 0.0
     link: LinkSpec = field(default_factory=LinkSpec)
     # copies one direction of the link serves at once, in order (a GPU's DMA copy engine per
@@ -341,6 +345,7 @@ def validate(model: ModelSpec, workload: Workload, hw: HardwareProfile, policy: 
     check_positive("hardware.csd.io_threads", hw.csd.io_threads, allow_zero=True)
     check_positive("hardware.ssd.io_threads", hw.ssd.io_threads, allow_zero=True)
     check_positive("hardware.gpu.copy_engines", hw.gpu.copy_engines, allow_zero=True)
+    check_positive("hardware.gpu.attention_score_head_dim", hw.gpu.attention_score_head_dim, allow_zero=True)
     check_positive("hardware.host.shared_cores", hw.host.shared_cores, allow_zero=True)
     for dev in hw.host.core_devices:
         check_choice("hardware.host.core_devices[]", dev, ("gpu", "cpu", "fpga"))
