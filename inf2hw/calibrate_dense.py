@@ -200,7 +200,8 @@ def dense_device(cal: "Calibration", dev: str, quick: bool, tick) -> None:
     ps = (128, 512, 1024) if quick else (128, 256, 512, 1024, 2048)
     if dev.startswith("cuda"):
         heads, ps = 64, (512, 1024, 2048)
-    peak = cal.values["gemm_fp32_tflops" if q.element_size() == 4 else "gemm_fp16_tflops"] * 1e12
+    # the flops rate the profile gives the engine's dtype (calibrate_profile): the engine blocks' achieved rate
+    peak = cal.values.get("block_tflops", cal.values["gemm_fp32_tflops" if q.element_size() == 4 else "gemm_fp16_tflops"]) * 1e12
     xs, res = [], []
     for p in ps:
         qp = torch.randn(1, heads, p, d, device=dev).to(dt)
