@@ -220,9 +220,11 @@ def dense_device(cal: "Calibration", dev: str, quick: bool, tick) -> None:
     cal.put("attention_score_head_dim", d if fused else 0, "the head dim of the prefill attention timed for attention_score_*: "
             "the DES scales the per-element costs by an op's head_dim / this (the fused kernel's cost per score element "
             "grows with head_dim: on a CPU it computes the masked half too); 0 for the materialised fp32 path on a GPU")
-    # per size as well: scores that fit in the caches cost less per element than ones that do not
-    cal.put_series("attention_score_mib", [x * 4 / 2**20 for x in xs], [max(0.0, r / x * 1e9) for r, x in zip(res, xs)],
-                   f"at P={list(ps)} of {how}")
+    # per size as well: scores that fit in the caches cost less per element than ones that do not;
+    # a fused kernel never holds the op's matrix, and its cost follows one head's P x P (rates.work_seconds)
+    per_head = heads if fused else 1
+    cal.put_series("attention_score_mib", [x / per_head * 4 / 2**20 for x in xs],
+                   [max(0.0, r / x * 1e9) for r, x in zip(res, xs)], f"at P={list(ps)} of {how}")
     tick()
 
 

@@ -154,7 +154,9 @@ def profile_yaml(cal: Calibration, csd_count: int = 2, ssd_count: int = 2) -> st
         f"  attention_efficiency: {_r(att_eff, 3)}   # {_r(v['dense_attention_gbps'])} GB/s of decode attention / mem_gbps: "
         f"{cal.how['dense_attention_gbps']} ({src})",
         f"  attention_score_ns: {_r(v['attention_score_ns'], 3)}   # {cal.how['attention_score_ns']} ({src})",
-        *_series(cal, "attention_score_mib", "  attention_score_mib", "MiB of fp32 scores (heads*P*P*4)", "_ns", src),
+        *_series(cal, "attention_score_mib", "  attention_score_mib",
+                 "MiB of fp32 scores: one head's (P*P*4) when attention_score_head_dim > 0 (a fused kernel), else "
+                 "the op's (heads*P*P*4)", "_ns", src),
         f"  attention_score_head_dim: {int(v['attention_score_head_dim'])}   # {cal.how['attention_score_head_dim']}",
         f"  launch_us: {_r(v['dense_op_us'] + disp)}   # {_r(v['dense_op_us'])} us: {cal.how['dense_op_us']}{plus} ({src})",
         *_copy_engines(cal, src),

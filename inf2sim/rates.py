@@ -103,9 +103,11 @@ def curve_seconds(kib, us, nbytes: float) -> float:
 
 
 def score_ns(gpu, elements: float) -> float:
-    """ns per element of a materialised fp32 score matrix of `elements` elements (the whole
-    op's): the measured curve over its size (`attention_score_mib` / `_mib_ns`, linear
-    between points, held beyond the ends) or the single `attention_score_ns`."""
+    """ns per score element: the measured curve over the size of the score matrix
+    (`attention_score_mib` / `_mib_ns`, linear between points, held beyond the ends) or
+    the single `attention_score_ns`. `elements` is the size the curve is keyed by: the
+    whole op's matrix for a materialised one, one head's for a fused kernel (see
+    `work_seconds`)."""
     q, ns = gpu.attention_score_mib, gpu.attention_score_mib_ns
     if not q:
         return gpu.attention_score_ns
@@ -161,8 +163,9 @@ def work_seconds(op: ComputeOp, hw: HardwareProfile, dtype_bytes: int = 2) -> fl
             if op.q_len > 1:
                 rows, stored, n_tail = attention_shape(op)
                 n = rows * op.group * op.q_len * (stored + n_tail)
-                per_d = op.head_dim / hw.gpu.attention_score_head_dim if hw.gpu.attention_score_head_dim else 1.0
-                t += n * score_ns(hw.gpu, n) * per_d * 1e-9
+                d_cal = hw.gpu.attention_score_head_dim  # > 0: a fused kernel, which works one head at a time
+                key = op.q_len * (stored + n_tail) if d_cal else n  # its cost follows one head's matrix, not the op's
+                t += n * score_ns(hw.gpu, key) * (op.head_dim / d_cal if d_cal else 1.0) * 1e-9
             return t
         if dev == "cpu" and op.kv_layout == "tokens" and hw.cpu.tokens_attention_kib:
             return curve_seconds(hw.cpu.tokens_attention_kib, hw.cpu.tokens_attention_us,

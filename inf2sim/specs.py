@@ -137,7 +137,8 @@ class GpuSpec:
     gemm_efficiency: float = 1.0
     attention_efficiency: float = 1.0
     attention_score_ns: float = 0.0  # per element of a materialised [q_len, ctx] score matrix (0 = fused attention)
-    # Measured per size of the op's whole fp32 score matrix (MiB): ns per score element; when
+    # Measured per size of the fp32 score matrix (MiB; one head's when attention_score_head_dim
+    # > 0, a fused kernel, else the op's whole matrix): ns per score element; when
     # given, it replaces attention_score_ns, interpolated in size and held at the ends (scores
     # that fit in the caches cost less per element than ones written to memory and read back)
     attention_score_mib: List[float] = field(default_factory=list)
