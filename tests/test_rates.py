@@ -154,6 +154,11 @@ def test_prefill_score_cost_follows_the_measured_curve_over_score_size():
     flat = replace(hw, gpu=replace(g, attention_score_mib=[], attention_score_mib_ns=[], attention_score_ns=0.0))
     n = 8 * 256 * 256  # 2 MiB of scores: half-way along the curve
     assert rates.compute_seconds(prefill(256), hw) == pytest.approx(rates.compute_seconds(prefill(256), flat) + n * 20e-9)
+    # a fused kernel (attention_score_head_dim > 0): the curve is keyed by one head's matrix
+    # (256 x 256 = 0.25 MiB: held at the first point, 10 ns) and scaled by head_dim / 64
+    fused = replace(hw, gpu=replace(g, attention_score_head_dim=64))
+    assert rates.compute_seconds(prefill(256), fused) == pytest.approx(
+        rates.compute_seconds(prefill(256), flat) + n * 10e-9 * 128 / 64)
     with pytest.raises(SpecError, match="attention_score_mib"):
         specs_from_config(default_config(model="opt-125m", **{"hardware.gpu.attention_score_mib": [4.0, 1.0],
                                                               "hardware.gpu.attention_score_mib_ns": [1.0, 2.0]}))
