@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import List
 
 from inf2sim.accel import kv_bytes
+from inf2sim.specs import CYCLE_MODEL
 
 from .calibrate import Calibration
 from .calibrate_io import monotone
@@ -284,7 +285,7 @@ def profile_yaml(cal: Calibration, csd_count: int = 2, ssd_count: int = 2) -> st
             lines += _curve_lines("  attend", kib, csd.attend_s, csd.attend_fixed_us, "host.ipc_us",
                                   f"median worker-side attend of the fit above ({src})")
     else:
-        lines.append("    rate_gbps: 0   # no emulated CSD was measured: the DES uses the kernel's cycle model")
+        lines.append(f"    rate_gbps: {CYCLE_MODEL:g}   # no emulated CSD was measured: the DES uses the kernel's cycle model")
     for s in cal.skipped:
         lines.append(f"# not measured: {s}")
     return "\n".join(lines) + "\n"

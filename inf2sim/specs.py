@@ -17,6 +17,10 @@ class SpecError(ValueError):
 
 
 # --------------------------------------------------------------------------- model
+# FpgaSpec.rate_gbps sentinel: no measured rate, the DES times the kernel by its cycle model
+CYCLE_MODEL = 0.0
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Transformer shape. `family` selects the block: opt (MHA, LayerNorm, ReLU FFN,
@@ -207,7 +211,7 @@ class FpgaSpec:
     pipeline_depth: int = 0
     dram_gb: float = 0.0
     power_w: float = 0.0
-    rate_gbps: float = 0.0  # if > 0: measured KV consumption rate, overrides the cycle model
+    rate_gbps: float = CYCLE_MODEL  # if > 0: measured KV consumption rate, overrides the cycle model
 
 
 @dataclass(frozen=True)
