@@ -1,0 +1,151 @@
+"""What the host's copies and its CPU attention do to each other on a GPU machine.
+
+    python benchmarks/host_contention.py --rows 1280 --ctx 528 --d 128 --threads 8 --mib 256
+
+The profile (`inf2 calibrate`) times each of these alone; in a FlexGen-style decode step
+they overlap: the next layer's weights stream host -> GPU while the CPU attends over the
+host KV store, and in the prompt the K,V leave the GPU while weights come in. Side by side
+in one process, medians of `--repeat`:
+
+- pinned host -> GPU and GPU -> host copies of `--mib` MiB alone, and both at once on two
+  streams (each direction's GB/s while the other runs: PCIe is full duplex, host memory and
+  the root complex may not be);
+- the engine's CPU attention (`inf2hw.host_attention.host_attention`, `--threads` torch
+  threads, K, V [rows, ctx, d] rotated over >= 1 GB so each call reads memory) alone, and
+  while a loop of pinned host -> GPU copies runs on a side stream (the weight stream).
+
+Prints one JSON object (GB/s = 1e9 B/s; ratios are "with the other running / alone").
+Needs a CUDA GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import threading
+import time
+
+import torch
+
+from inf2hw.host_attention import AttnWorkspace, host_attention
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def _median_s(fn, repeat: int) -> float:
+    fn()
+    ts = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def copies(nbytes: int, repeat: int) -> dict:
+    """Pinned H2D and D2H GB/s alone and concurrently (two streams, CUDA events)."""
+    h_in, h_out = (torch.empty(nbytes, dtype=torch.uint8, pin_memory=True) for _ in range(2))
+    d_in, d_out = (torch.empty(nbytes, dtype=torch.uint8, device="cuda") for _ in range(2))
+    s_up, s_down = torch.cuda.Stream(), torch.cuda.Stream()
+
+    def run(up: bool, down: bool) -> dict:
+        start = torch.cuda.Event(enable_timing=True)
+        ends = {}
+        torch.cuda.synchronize()
+        start.record()
+        for name, go, s, fn in (("h2d", down, s_down, lambda: d_in.copy_(h_in, non_blocking=True)),
+                                ("d2h", up, s_up, lambda: h_out.copy_(d_out, non_blocking=True))):
+            if go:
+                s.wait_event(start)
+                with torch.cuda.stream(s):
+                    fn()
+                    ends[name] = torch.cuda.Event(enable_timing=True)
+                    ends[name].record()
+        torch.cuda.synchronize()
+        return {k: nbytes / (start.elapsed_time(e) / 1e3) / 1e9 for k, e in ends.items()}
+
+    run(True, True)
+    med = lambda xs: statistics.median(xs)  # noqa: E731
+    alone_h2d = med([run(False, True)["h2d"] for _ in range(repeat)])
+    alone_d2h = med([run(True, False)["d2h"] for _ in range(repeat)])
+    both = [run(True, True) for _ in range(repeat)]
+    out = {"h2d_alone_gbps": alone_h2d, "d2h_alone_gbps": alone_d2h,
+           "h2d_with_d2h_gbps": med([b["h2d"] for b in both]), "d2h_with_h2d_gbps": med([b["d2h"] for b in both])}
+    out["h2d_ratio"] = out["h2d_with_d2h_gbps"] / alone_h2d
+    out["d2h_ratio"] = out["d2h_with_h2d_gbps"] / alone_d2h
+    return out
+
+
+class WeightStream:
+    """A thread that copies a pinned host buffer to the GPU on a side stream until stopped."""
+
+    def __init__(self, nbytes: int):
+        self.h = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+        self.d = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+        self.s = torch.cuda.Stream()
+        self.stop = threading.Event()
+        self.bytes, self.t = 0, 0.0
+        self.th = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self):
+        t0 = time.perf_counter()
+        while not self.stop.is_set():
+            with torch.cuda.stream(self.s):
+                self.d.copy_(self.h, non_blocking=True)
+            self.s.synchronize()
+            self.bytes += self.h.numel()
+        self.t = time.perf_counter() - t0
+
+    def __enter__(self):
+        self.th.start()
+        time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.th.join()
+
+    def gbps(self) -> float:
+        return self.bytes / self.t / 1e9 if self.t else 0.0
+
+
+def attention(rows: int, ctx: int, d: int, dtype, threads: int, repeat: int, nbytes: int) -> dict:
+    torch.set_num_threads(threads)
+    kv = 2 * rows * ctx * d * torch.empty((), dtype=dtype).element_size()
+    copies_n = max(2, -(-(1 << 30) // kv))
+    stores = [(torch.randn(rows, ctx, d).to(dtype), torch.randn(rows, ctx, d).to(dtype)) for _ in range(copies_n)]
+    q = torch.randn(rows, 1, 1, d).to(dtype)
+    ws, turn = AttnWorkspace(), iter(range(1 << 30))
+
+    def call():
+        k, v = stores[next(turn) % len(stores)]
+        host_attention(q, k, v, ws=ws)
+
+    alone = _median_s(call, repeat)
+    with WeightStream(nbytes) as w:
+        loaded = _median_s(call, repeat)
+    return {"attention_kv_bytes": kv, "attention_alone_gbps": kv / alone / 1e9,
+            "attention_with_h2d_gbps": kv / loaded / 1e9, "attention_ratio": alone / loaded,
+            "h2d_during_attention_gbps": w.gbps(), "threads": threads}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=1280, help="KV rows (sequences x KV heads): OPT-13B at batch 32")
+    ap.add_argument("--ctx", type=int, default=528)
+    ap.add_argument("--d", type=int, default=128)
+    ap.add_argument("--dtype", default="fp16", choices=sorted(DTYPES))
+    ap.add_argument("--threads", type=int, default=8)
+    ap.add_argument("--mib", type=int, default=256, help="MiB per copy")
+    ap.add_argument("--repeat", type=int, default=9)
+    a = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("host_contention: needs a CUDA GPU (torch.cuda.is_available() is False)")
+    nbytes = a.mib << 20
+    res = {"device": torch.cuda.get_device_name(0), "mib": a.mib, **copies(nbytes, a.repeat),
+           **attention(a.rows, a.ctx, a.d, DTYPES[a.dtype], a.threads, a.repeat, nbytes)}
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
