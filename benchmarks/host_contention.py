@@ -27,6 +27,7 @@ import time
 
 import torch
 
+from inf2hw.calibrate_io import duplex_copies
 from inf2hw.host_attention import AttnWorkspace, host_attention
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -43,36 +44,10 @@ def _median_s(fn, repeat: int) -> float:
 
 
 def copies(nbytes: int, repeat: int) -> dict:
-    """Pinned H2D and D2H GB/s alone and concurrently (two streams, CUDA events)."""
-    h_in, h_out = (torch.empty(nbytes, dtype=torch.uint8, pin_memory=True) for _ in range(2))
-    d_in, d_out = (torch.empty(nbytes, dtype=torch.uint8, device="cuda") for _ in range(2))
-    s_up, s_down = torch.cuda.Stream(), torch.cuda.Stream()
-
-    def run(up: bool, down: bool) -> dict:
-        start = torch.cuda.Event(enable_timing=True)
-        ends = {}
-        torch.cuda.synchronize()
-        start.record()
-        for name, go, s, fn in (("h2d", down, s_down, lambda: d_in.copy_(h_in, non_blocking=True)),
-                                ("d2h", up, s_up, lambda: h_out.copy_(d_out, non_blocking=True))):
-            if go:
-                s.wait_event(start)
-                with torch.cuda.stream(s):
-                    fn()
-                    ends[name] = torch.cuda.Event(enable_timing=True)
-                    ends[name].record()
-        torch.cuda.synchronize()
-        return {k: nbytes / (start.elapsed_time(e) / 1e3) / 1e9 for k, e in ends.items()}
-
-    run(True, True)
-    med = lambda xs: statistics.median(xs)  # noqa: E731
-    alone_h2d = med([run(False, True)["h2d"] for _ in range(repeat)])
-    alone_d2h = med([run(True, False)["d2h"] for _ in range(repeat)])
-    both = [run(True, True) for _ in range(repeat)]
-    out = {"h2d_alone_gbps": alone_h2d, "d2h_alone_gbps": alone_d2h,
-           "h2d_with_d2h_gbps": med([b["h2d"] for b in both]), "d2h_with_h2d_gbps": med([b["d2h"] for b in both])}
-    out["h2d_ratio"] = out["h2d_with_d2h_gbps"] / alone_h2d
-    out["d2h_ratio"] = out["d2h_with_h2d_gbps"] / alone_d2h
+    """Pinned H2D and D2H GB/s alone and concurrently (`inf2 calibrate`'s own measurement)."""
+    out = duplex_copies("cuda", nbytes, repeat)
+    out["h2d_ratio"] = out["h2d_with_d2h_gbps"] / out["h2d_alone_gbps"]
+    out["d2h_ratio"] = out["d2h_with_h2d_gbps"] / out["d2h_alone_gbps"]
     return out
 
 

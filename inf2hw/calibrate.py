@@ -138,7 +138,9 @@ def measure(opts: CalibrateOptions, run_dir: Optional[str] = None, progress: boo
         if dev == "cuda":
             bar.set_postfix_str("host<->GPU copies")
             for k, v in calibrate_io.host_gpu_copies(dev, 64 << 20 if opts.quick else 256 << 20).items():
-                cal.put(f"copy_{k}", v, "torch copy_ of 64/256 MiB host<->GPU (quick/full), median of 5"
+                cal.put(f"copy_{k}", v, "pinned 64/256 MiB host->GPU and GPU->host copies (quick/full) started "
+                        "together on two streams: the sum of the two directions' GB/s (CUDA events, median of 5)"
+                        if k == "duplex_gbps" else "torch copy_ of 64/256 MiB host<->GPU (quick/full), median of 5"
                         if k.endswith("gbps") else "median of 50 pinned 4 KiB host->GPU copies, synchronised"
                         if k == "latency_us" else "two equal pinned 64/256 MiB host->GPU copies started together on "
                         "two streams: the earlier one's finish / one copy's time alone (CUDA events, median of 5)")

@@ -284,7 +284,43 @@ def host_gpu_copies(device: str, nbytes: int = 64 << 20, repeat: int = 5) -> Dic
         lat.append(time.perf_counter() - t0)
     out["latency_us"] = sorted(lat)[len(lat) // 2] * 1e6
     out["h2d_first_of_two"] = h2d_first_of_two(device, nbytes)
+    both = duplex_copies(device, nbytes, repeat)
+    out["duplex_gbps"] = both["h2d_with_d2h_gbps"] + both["d2h_with_h2d_gbps"]
     return out
+
+
+def duplex_copies(device: str, nbytes: int, repeat: int = 5) -> Dict[str, float]:
+    """Pinned host->GPU and GPU->host copies of `nbytes`, each alone and both started together
+    on two streams (CUDA events; medians of `repeat`): GB/s of each direction alone
+    (`h2d_alone_gbps`, `d2h_alone_gbps`) and while the other runs (`h2d_with_d2h_gbps`,
+    `d2h_with_h2d_gbps`). PCIe is full duplex; the host's memory and root complex may not be."""
+    import torch
+
+    h_in, h_out = (torch.empty(nbytes, dtype=torch.uint8, pin_memory=True) for _ in range(2))
+    d_in, d_out = (torch.empty(nbytes, dtype=torch.uint8, device=device) for _ in range(2))
+    streams = {"h2d": torch.cuda.Stream(), "d2h": torch.cuda.Stream()}
+    copy = {"h2d": lambda: d_in.copy_(h_in, non_blocking=True), "d2h": lambda: h_out.copy_(d_out, non_blocking=True)}
+
+    def run(which) -> Dict[str, float]:
+        start = torch.cuda.Event(enable_timing=True)
+        ends = {}
+        torch.cuda.synchronize()
+        start.record()
+        for name in which:
+            streams[name].wait_event(start)
+            with torch.cuda.stream(streams[name]):
+                copy[name]()
+                ends[name] = torch.cuda.Event(enable_timing=True)
+                ends[name].record()
+        torch.cuda.synchronize()
+        return {k: nbytes / (start.elapsed_time(e) / 1e3) / 1e9 for k, e in ends.items()}
+
+    run(("h2d", "d2h"))
+    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    both = [run(("h2d", "d2h")) for _ in range(repeat)]
+    return {"h2d_alone_gbps": med([run(("h2d",))["h2d"] for _ in range(repeat)]),
+            "d2h_alone_gbps": med([run(("d2h",))["d2h"] for _ in range(repeat)]),
+            "h2d_with_d2h_gbps": med([b["h2d"] for b in both]), "d2h_with_h2d_gbps": med([b["d2h"] for b in both])}
 
 
 def h2d_first_of_two(device: str, nbytes: int, repeat: int = 5) -> float:

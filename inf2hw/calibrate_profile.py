@@ -175,6 +175,11 @@ def profile_yaml(cal: Calibration, csd_count: int = 2, ssd_count: int = 2) -> st
             f"pageable: {_r(v['copy_h2d_pageable_gbps'])} ({src})",
             f"    latency_us: {_r(v['copy_latency_us'] + disp)}   # {_r(v['copy_latency_us'])} us: {cal.how['copy_latency_us']}{plus} ({src})",
         ]
+        if "copy_duplex_gbps" in v:  # both directions share it when their sum is below up + down
+            d = v["copy_duplex_gbps"]
+            share = d < v["copy_d2h_pinned_gbps"] + v["copy_h2d_pinned_gbps"]
+            lines.append(f"    duplex_gbps: {_r(d) if share else 0}   # {cal.how['copy_duplex_gbps']} ({src})"
+                         + ("" if share else f": {_r(d)}, not below up + down, so the directions are independent"))
     else:
         lines += [
             f"    up_gbps: {_r(memcpy)}    # memcpy_gbps: with no GPU the dense device is the host itself, but what "

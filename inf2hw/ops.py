@@ -52,9 +52,17 @@ class StampedPool(ThreadPoolExecutor):
     CPU holds that thread for hundreds of ms)."""
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
+        return self.submit_after(None, fn, *args, **kwargs)
+
+    def submit_after(self, ready, fn, /, *args, **kwargs) -> Future:
+        """`submit`, but the worker first waits for the CUDA event `ready` (the GPU work that
+        makes fn's input; None: no wait) and the span starts after it: a copy's span is
+        the copy, not how far the GPU runs behind the host that queued it."""
         stamps: List[float] = []
 
         def call():
+            if ready is not None:
+                ready.synchronize()
             stamps.append(time.perf_counter())
             try:
                 return fn(*args, **kwargs)

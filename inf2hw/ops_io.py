@@ -104,7 +104,7 @@ def _kv_out(r, L: int, m: int, k, v):
             else:
                 _kv_out_job(r, L, m, key, kr, vr, ready, lo, hi, users)
 
-    fut = r.d2h.submit(job)
+    fut = r.d2h.submit_after(ready, job)  # its span starts once the projection is done on the GPU
     r.kv_out = [f for f in r.kv_out if not f.done()] + [fut]
     while len(r.kv_out) > KV_OUT_DEPTH:  # never waits on the engine: relays are made on demand
         r.kv_out.pop(0).result()

@@ -19,6 +19,12 @@ import torch
 ALIGN_B = 16  # every slot starts on a multiple of this (any dtype can view it)
 
 
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """`cuda` and `cuda:0` name one device here (the engine computes on one): an unindexed
+    device matches any index of its type. (torch.device("cuda") != torch.device("cuda:0").)"""
+    return a.type == b.type and (a.index == b.index or a.index is None or b.index is None)
+
+
 def _slots(shapes_dtypes: Sequence[Tuple[torch.Size, torch.dtype]]) -> Tuple[List[int], int]:
     """Byte offset of each tensor in the packed buffer, and the buffer's size."""
     offs, n = [], 0
@@ -50,7 +56,7 @@ def to_device(ts: Sequence[torch.Tensor], device) -> List[torch.Tensor]:
     """Host tensors (any dtypes, any strides) -> the same values on `device`, through one
     host-to-device copy. Tensors already on `device` are returned as they are."""
     device = torch.device(device)
-    move = [i for i, t in enumerate(ts) if t.device != device]
+    move = [i for i, t in enumerate(ts) if not same_device(t.device, device)]
     out = list(ts)
     if not move:
         return out

@@ -106,6 +106,11 @@ class LinkSpec:
     up_gbps: float = 0.0
     down_gbps: float = 0.0
     latency_us: float = 0.0
+    # Both directions at once, summed, when that is less than up + down (a host whose memory
+    # or root complex cannot feed a full-duplex link: an H100 host moves 54.5 GB/s each way
+    # alone, 97 GB/s both ways at once). The DES routes every flow of this link in either
+    # direction through one more channel of this capacity. 0: the directions are independent.
+    duplex_gbps: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -350,6 +355,7 @@ def validate(model: ModelSpec, workload: Workload, hw: HardwareProfile, policy: 
     check_positive("hardware.csd.io_threads", hw.csd.io_threads, allow_zero=True)
     check_positive("hardware.ssd.io_threads", hw.ssd.io_threads, allow_zero=True)
     check_positive("hardware.gpu.copy_engines", hw.gpu.copy_engines, allow_zero=True)
+    check_positive("hardware.gpu.link.duplex_gbps", hw.gpu.link.duplex_gbps, allow_zero=True)
     check_positive("hardware.gpu.attention_score_head_dim", hw.gpu.attention_score_head_dim, allow_zero=True)
     check_positive("hardware.host.shared_cores", hw.host.shared_cores, allow_zero=True)
     for dev in hw.host.core_devices:

@@ -69,6 +69,7 @@ class Topology:
     parent: Dict[str, Optional[str]] = field(default_factory=dict)
     links: Dict[str, Link] = field(default_factory=dict)
     shared: Dict[str, str] = field(default_factory=dict)  # media link -> the shared-disk link it also crosses
+    duplex: Dict[str, str] = field(default_factory=dict)  # link -> its both-directions link (LinkSpec.duplex_gbps)
     _paths: Dict[Tuple[str, str], Tuple[Tuple[str, str], ...]] = field(default_factory=dict, repr=False)
 
     def add(self, node: str, parent: Optional[str], link: Optional[Link] = None) -> None:
@@ -95,6 +96,7 @@ class Topology:
             down = [(n, "down") for n in reversed(b[: b.index(common)])]
             hops = up + down
             hops += [(self.shared[n], d) for n, d in hops if n in self.shared]
+            hops += [(self.duplex[n], "up") for n, _ in hops if n in self.duplex]  # one channel for both directions
             self._paths[key] = tuple(hops)
         return self._paths[key]
 
@@ -129,6 +131,15 @@ def _share_disk(t: Topology, pool: str, spec: StorageSpec, media: List[str]) -> 
         t.shared.update({m: pool for m in media})
 
 
+def _duplex(t: Topology, name: str, spec: LinkSpec) -> None:
+    """A link whose two directions together carry less than up + down: every flow over it,
+    either way, also crosses `<name>_duplex` (one channel of `spec.duplex_gbps`), so flows in
+    both directions at once share that capacity max-min fairly."""
+    if spec.duplex_gbps > 0:
+        t.add(f"{name}_duplex", "rc", Link(f"{name}_duplex", spec.duplex_gbps, spec.duplex_gbps, 0.0))
+        t.duplex[name] = f"{name}_duplex"
+
+
 def endpoint_node(endpoint: str) -> str:
     """Map a plan memory endpoint to the tree node a flow starts/ends at."""
     if endpoint.endswith(".ssd"):
@@ -143,6 +154,7 @@ def build_topology(hw: HardwareProfile) -> Topology:
     t.add("rc", None)
     t.add("dram", "rc", _link("dram", hw.host.dram))
     t.add("gpu", "rc", _link("gpu", hw.gpu.link))
+    _duplex(t, "gpu", hw.gpu.link)
     if hw.ssd_count > 0:
         t.add("ssd_sw", "rc", _link("ssd_sw", hw.ssd_uplink))
         for i in range(hw.ssd_count):

@@ -322,3 +322,29 @@ def test_kernel_entries_interleave_with_events_in_scheduling_order():
     env.call_in(2.0, log.append, "after the stop")
     assert env.run_until_stopped() is True and env.now == 2.0 and log[-1] == "late"
     assert env.run_until_stopped() is False and log[-1] == "after the stop"  # ran dry
+
+
+def test_a_duplex_cap_is_shared_by_both_directions_only_when_both_run():
+    """gpu link 4 GB/s each way, 6 GB/s both ways at once (LinkSpec.duplex_gbps): alone a copy
+    runs at 4; an upload and a download together get 3 each; the survivor then speeds up."""
+    from inf2sim.specs import LinkSpec
+    from inf2sim.topology import _duplex
+
+    t = Topology()
+    t.add("rc", None)
+    t.add("dram", "rc", link("dram", up=100.0, down=100.0))
+    t.add("gpu", "rc", link("gpu", up=4.0, down=4.0))
+    _duplex(t, "gpu", LinkSpec(4.0, 4.0, 0.0, duplex_gbps=6.0))
+    assert ("gpu_duplex", "up") in t.path("dram", "gpu") and ("gpu_duplex", "up") in t.path("gpu", "dram")
+    done, _ = run(t, {"alone": (0, "dram", "gpu", 8 * GB, 0)})
+    assert done["alone"] == approx(2.0)
+    done, _ = run(t, {"h2d": (0, "dram", "gpu", 6 * GB, 0), "d2h": (0, "gpu", "dram", 12 * GB, 0)})
+    assert done["h2d"] == approx(2.0)  # 3 GB/s while both run
+    assert done["d2h"] == approx(2.0 + 6.0 / 4.0)  # 6 GB left at 4 GB/s once alone
+    t2 = Topology()
+    t2.add("rc", None)
+    t2.add("dram", "rc", link("dram", up=100.0, down=100.0))
+    t2.add("gpu", "rc", link("gpu", up=4.0, down=4.0))
+    _duplex(t2, "gpu", LinkSpec(4.0, 4.0, 0.0))  # 0: independent directions
+    done, _ = run(t2, {"h2d": (0, "dram", "gpu", 6 * GB, 0), "d2h": (0, "gpu", "dram", 12 * GB, 0)})
+    assert done["h2d"] == approx(1.5) and done["d2h"] == approx(3.0)

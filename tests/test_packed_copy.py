@@ -1,7 +1,8 @@
 """inf2hw.packed_copy: many tensors through one buffer keep their values, shapes and dtypes."""
+import pytest
 import torch
 
-from inf2hw.packed_copy import ALIGN_B, _slots, to_device, to_host
+from inf2hw.packed_copy import ALIGN_B, _slots, same_device, to_device, to_host
 
 
 def _mixed():
@@ -38,3 +39,20 @@ def test_to_device_keeps_shapes_and_dtypes():
     ts = _mixed()
     moved = to_device(ts, "meta")  # a device other than the host: the values cannot be read, the layout can
     assert [(m.shape, m.dtype, m.device.type) for m in moved] == [(t.shape, t.dtype, "meta") for t in ts]
+
+
+def test_an_unindexed_device_is_the_indexed_one():
+    # the engine's device is "cuda"; tensors there report "cuda:0": they must not be moved
+    assert same_device(torch.device("cuda:0"), torch.device("cuda"))
+    assert same_device(torch.device("cuda"), torch.device("cuda:1"))
+    assert not same_device(torch.device("cuda:0"), torch.device("cuda:1"))
+    assert not same_device(torch.device("cpu"), torch.device("cuda"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_round_trip_and_no_copy_for_tensors_already_there():
+    ts = [t.cuda() for t in _mixed()[:3]]
+    assert all(a is b for a, b in zip(to_device(ts, "cuda"), ts))  # the engine's device string
+    host = to_host(ts, torch.float32)
+    back = to_device(host, "cuda")
+    assert all(torch.equal(b.cpu(), t.float().cpu()) for b, t in zip(back, ts))
