@@ -37,7 +37,6 @@ from inf2sim.plan import Attention, DenseCompute, Op, Spill, Transfer
 from . import attention as A
 from .host_attention import AttnWorkspace, attend_drive_buffer, host_attention
 from . import model as M
-from .packed_copy import to_device
 
 
 
@@ -167,13 +166,13 @@ class OpRunner:
 
     def parts_to_device(self, L: int, m: int) -> None:
         """o_h2d: the attention results of (L, m) computed off the GPU (host attention, CSD
-        fetches) onto it, in their own dtype, so that `post` only computes: one packed copy
-        (`inf2hw.packed_copy`). A copy from pageable memory first waits for the work queued
-        on the stream; in this op that wait is the transfer's, as the plan has it."""
+        fetches) onto it, in their own dtype, so that `post` only computes. A copy from
+        pageable memory first waits for the work queued on the stream; in this op that wait
+        is the transfer's, as the plan has it. (One packed copy for all of them measured no
+        faster on an H100: BENCHMARKS.md, session 6.)"""
         if self.cuda and (L, m) in self.parts:
-            parts = self.parts[(L, m)]
-            moved = iter(to_device([t for p in parts if p[0] != "heads" for t in p[3:]], self.c.device))
-            self.parts[(L, m)] = [p if p[0] == "heads" else p[:3] + tuple(next(moved) for _ in p[3:]) for p in parts]
+            self.parts[(L, m)] = [p if p[0] == "heads" else p[:3] + tuple(t.to(self.c.device) for t in p[3:])
+                                  for p in self.parts[(L, m)]]
 
     def stream_for(self, op: Op):
         """The CUDA stream op's GPU work is enqueued on, or None for host-side ops."""

@@ -26,7 +26,6 @@ from inf2sim.policies.ans import X_RING  # GPU buffers of X per micro-batch (the
 
 from . import attention as A
 from .ops import csd_index
-from .packed_copy import to_host
 
 KV_OUT_DEPTH = 2  # D2H jobs of the prompt's K,V in flight before the engine waits for the oldest
 
@@ -251,11 +250,8 @@ def transfer(r, op: Transfer, tag: str):
     # ----------------------------------------------------------------- decode: queries to the host
     if tag == "q_d2h":
         q, k, v = r.qkv[(L, m)]
-        parts = (A.q_to_rows(q, md.num_kv_heads), A.kv_to_rows(k), A.kv_to_rows(v))  # [rows, G, 1, d], [rows, 1, d] x2
-        if r.cuda:  # one device-to-host copy for the three (inf2hw.packed_copy)
-            qr, kn, vn = to_host(parts, r.c.store_dtype)
-        else:
-            qr, kn, vn = (r._host(t) for t in parts)
+        qr = r._host(A.q_to_rows(q, md.num_kv_heads))  # [rows, G, 1, d]
+        kn, vn = r._host(A.kv_to_rows(k)), r._host(A.kv_to_rows(v))  # [rows, 1, d]
         r.host_qkv[(L, m)] = (qr, kn, vn)
         ctx = r.ctx_len()
         if r.c.host_kv is not None:
