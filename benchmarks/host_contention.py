@@ -21,26 +21,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import threading
 import time
 
 import torch
 
+from inf2hw.calibrate_dense import _time_s  # median of `repeat` timed calls
 from inf2hw.calibrate_io import duplex_copies
 from inf2hw.host_attention import AttnWorkspace, host_attention
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-
-
-def _median_s(fn, repeat: int) -> float:
-    fn()
-    ts = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
 
 
 def copies(nbytes: int, repeat: int) -> dict:
@@ -96,9 +86,9 @@ def attention(rows: int, ctx: int, d: int, dtype, threads: int, repeat: int, nby
         k, v = stores[next(turn) % len(stores)]
         host_attention(q, k, v, ws=ws)
 
-    alone = _median_s(call, repeat)
+    alone = _time_s(call, repeat)
     with WeightStream(nbytes) as w:
-        loaded = _median_s(call, repeat)
+        loaded = _time_s(call, repeat)
     return {"attention_kv_bytes": kv, "attention_alone_gbps": kv / alone / 1e9,
             "attention_with_h2d_gbps": kv / loaded / 1e9, "attention_ratio": alone / loaded,
             "h2d_during_attention_gbps": w.gbps(), "threads": threads}
