@@ -140,13 +140,19 @@ def dense_device(cal: "Calibration", dev: str, quick: bool, tick) -> None:
     md = _tiny_opt()
     qh = torch.randn(1, md.num_heads, 1, md.head_dim, device=dev).to(dt)
 
+    slots = None
+    if dev.startswith("cuda"):  # the engine's q_d2h lands in pinned slots on a GPU (inf2hw.qkv_host)
+        from .qkv_host import HostQkvSlots
+
+        slots = HostQkvSlots(1, 1, md.num_kv_heads, md.group_size, md.head_dim, dt)
+
     def host_copy():  # what the engine's q_d2h does with a step's q, k, v
-        return (A.q_to_rows(qh, md.num_kv_heads).to("cpu", dt), A.kv_to_rows(qh).to("cpu", dt),
-                A.kv_to_rows(qh).to("cpu", dt))
+        parts = (A.q_to_rows(qh, md.num_kv_heads), A.kv_to_rows(qh), A.kv_to_rows(qh))
+        return slots.copy(0, 0, 0, *parts) if slots is not None else [t.to("cpu", dt) for t in parts]
 
     s = _time_s(host_copy, 50, sync, warm=3, stat="typical")
     cal.put("host_op_us", s * 1e6, f"median of 50 engine-style host copies of one token's q, k, v "
-            f"(attention.q_to_rows / kv_to_rows + .to('cpu')) on {dev}: the fixed cost of a copy op")
+            f"(attention.q_to_rows / kv_to_rows, then qkv_host.HostQkvSlots.copy on a GPU, .to('cpu') on a CPU) on {dev}: the fixed cost of a copy op")
     if dev.startswith("cuda"):
         cal.put("gpu_memory_gb", torch.cuda.get_device_properties(0).total_memory / 1e9, "torch device properties")
     # The engine's decode attention on the dense device (the X-cache's cooperative rows,

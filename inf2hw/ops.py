@@ -37,6 +37,7 @@ from inf2sim.plan import Attention, DenseCompute, Op, Spill, Transfer
 from . import attention as A
 from .host_attention import AttnWorkspace, attend_drive_buffer, host_attention
 from . import model as M
+from .qkv_host import HostQkvSlots
 
 
 
@@ -117,6 +118,7 @@ class OpRunner:
         self.relays: List[tuple] = []  # free pinned relay buffers for the prompt's K,V (D2H)
         self.relay_lock = threading.Lock()
         self.kv_out: List = []  # D2H jobs of the prompt's K,V still copying (bounded: GPU memory)
+        self.qkv_slots: Optional[HostQkvSlots] = None  # pinned q_d2h buffers (CUDA; `inf2hw.qkv_host`)
         if self.cuda:
             self.copy_stream = ctx.copy_stream or torch.cuda.Stream()
             self.x_stream = torch.cuda.Stream()
@@ -129,6 +131,10 @@ class OpRunner:
                     store.preallocate(ctx.spec.model.num_layers, wl.num_micro_batches)
             if (ctx.host_kv is not None and not ctx.host_kv.pin_memory) or ctx.disk_kv is not None or ctx.recent is not None:
                 self._give_relay(self._new_relay())  # the prompt's K,V leave through relays (`inf2hw.ops_io`)
+            if ctx.host_kv is not None or ctx.disk_kv is not None or ctx.recent is not None:  # q_d2h lands pinned
+                md = ctx.spec.model
+                self.qkv_slots = HostQkvSlots.make(md.num_layers, wl.num_micro_batches, wl.micro_batch * md.num_kv_heads,
+                                                   md.group_size, md.head_dim, ctx.store_dtype)
         else:  # the dense device is the CPU: host stores are written in place, their pages made before the clock
             wl = ctx.spec.workload
             for store in (ctx.coop_store, ctx.host_kv):

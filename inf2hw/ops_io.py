@@ -250,8 +250,11 @@ def transfer(r, op: Transfer, tag: str):
     # ----------------------------------------------------------------- decode: queries to the host
     if tag == "q_d2h":
         q, k, v = r.qkv[(L, m)]
-        qr = r._host(A.q_to_rows(q, md.num_kv_heads))  # [rows, G, 1, d]
-        kn, vn = r._host(A.kv_to_rows(k)), r._host(A.kv_to_rows(v))  # [rows, 1, d]
+        if r.qkv_slots is not None:  # DMA into pinned slots, one wait (inf2hw.qkv_host)
+            qr, kn, vn = r.qkv_slots.copy(L, m, r.step, A.q_to_rows(q, md.num_kv_heads), A.kv_to_rows(k), A.kv_to_rows(v))
+        else:
+            qr = r._host(A.q_to_rows(q, md.num_kv_heads))  # [rows, G, 1, d]
+            kn, vn = r._host(A.kv_to_rows(k)), r._host(A.kv_to_rows(v))  # [rows, 1, d]
         r.host_qkv[(L, m)] = (qr, kn, vn)
         ctx = r.ctx_len()
         if r.c.host_kv is not None:

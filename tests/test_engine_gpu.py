@@ -91,3 +91,18 @@ def test_streamed_weights_use_two_gpu_slots(tmp_path):
     run_engine(r, EngineOptions(device="cuda", dtype="fp16"), out_dir=str(tmp_path))
     layer = r.model.layer_weight_bytes()
     assert torch.cuda.max_memory_allocated() < r.model.embed_bytes() * 3 + 6 * layer + 256 * 2**20
+
+
+def test_q_d2h_slots_land_the_rows_and_alternate_by_step():
+    from inf2hw.qkv_host import HostQkvSlots
+
+    slots = HostQkvSlots(2, 2, rows=6, group=4, head_dim=8, dtype=torch.float32)
+    q = torch.randn(6, 4, 1, 8, device="cuda", dtype=torch.float16)  # [rows, G, 1, d], fp16 into fp32 slots
+    k = torch.randn(6, 8, device="cuda").unsqueeze(1)  # [rows, 1, d]
+    v = torch.randn(6, 8, 3, device="cuda")[:, :, :1].transpose(1, 2)  # a strided [rows, 1, d]
+    a = slots.copy(1, 0, 4, q, k, v)
+    assert all(t.is_pinned() and t.dtype == torch.float32 for t in a)
+    assert all(torch.equal(h, g.float().cpu()) for h, g in zip(a, (q, k, v)))
+    b = slots.copy(1, 0, 5, q, k, v)  # the next step: the other slot, so step 4's rows stay readable
+    assert all(x.data_ptr() != y.data_ptr() for x, y in zip(a, b))
+    assert all(x.data_ptr() == y.data_ptr() for x, y in zip(a, slots.copy(1, 0, 6, q, k, v)))
