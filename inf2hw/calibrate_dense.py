@@ -202,33 +202,39 @@ def dense_device(cal: "Calibration", dev: str, quick: bool, tick) -> None:
     # prefill: the engine's model.prefill_attention (fused SDPA; the materialised fp32
     # attend_heads for fp32 on a GPU): what the score matrix costs beyond
     # the rates model's max(flops, kv bytes) term, per element
-    heads = 16  # score matrices of 1 MiB (P = 128) to 256 MiB (P = 2048): inside the caches to far beyond
+    heads, seqs = 16, 1  # score matrices of 1 MiB (P = 128) to 256 MiB (P = 2048): inside the caches to far beyond
     ps = (128, 512, 1024) if quick else (128, 256, 512, 1024, 2048)
-    if dev.startswith("cuda"):
-        heads, ps = 64, (512, 1024, 2048)
+    if dev.startswith("cuda"):  # a batch's worth of rows, as the engine's prompt ops have (a few would be all launch)
+        heads, seqs, ps = 64, 8, (512, 1024, 2048)
+    fused = not (dev.startswith("cuda") and q.element_size() == 4)  # model.prefill_attention materialises only fp32 on a GPU
+    # the K,V term as rates.py charges it: a fused kernel streams K,V at the stream rate, the
+    # materialised path at the decode attention rate; the op's fixed cost (launch_us) is charged apart
+    kv_Bps = (cal.values["stream_gbps"] if fused else att_gbps) * 1e9
+    fixed_s = cal.values.get("dense_op_us", 0.0) * 1e-6
     # the flops rate the profile gives the engine's dtype (calibrate_profile): the engine blocks' achieved rate
     peak = cal.values.get("block_tflops", cal.values["gemm_fp32_tflops" if q.element_size() == 4 else "gemm_fp16_tflops"]) * 1e12
     xs, res = [], []
     for p in ps:
-        qp = torch.randn(1, heads, p, d, device=dev).to(dt)
+        qp = torch.randn(seqs, heads, p, d, device=dev).to(dt)  # [seqs, heads, P, d]
         with torch.inference_mode():
             s = _time_s(lambda: M.prefill_attention(qp, qp, qp), 3 if quick else 5, sync)
         # as rates.py charges a prefill attention op: its flops as the scheduler counts them
-        # (causal: half of 4*P*P*d), or its K,V bytes at the attention rate
-        base = max(2.0 * heads * p * p * d / peak, 2 * heads * p * d * qp.element_size() / (att_gbps * 1e9))
-        xs.append(heads * p * p)
-        res.append(s - base)
+        # (causal: half of 4*P*P*d), or its K,V bytes at the rate above; plus launch_us
+        n = seqs * heads
+        base = max(2.0 * n * p * p * d / peak, 2 * n * p * d * qp.element_size() / kv_Bps)
+        xs.append(n * p * p)
+        res.append(s - fixed_s - base)
     _, per = calibrate_csd.fit_line(xs, res)
-    how = (f"(median time of model.prefill_attention, {heads} heads d={d}, minus max(causal flops 2*heads*P*P*d / peak, "
-           f"kv/attention rate)) per score element heads*P*P, {cal.opts.dtype} on {dev}")
+    how = (f"(median time of model.prefill_attention, {seqs}x{heads} heads d={d}, minus the fixed op cost and "
+           f"max(causal flops 2*heads*P*P*d / peak, kv / {'stream' if fused else 'attention'} rate)) per score "
+           f"element heads*P*P, {cal.opts.dtype} on {dev}")
     cal.put("attention_score_ns", per * 1e9, f"slope over P={list(ps)} of {how}")
-    fused = not (dev.startswith("cuda") and q.element_size() == 4)  # model.prefill_attention materialises only fp32 on a GPU
     cal.put("attention_score_head_dim", d if fused else 0, "the head dim of the prefill attention timed for attention_score_*: "
             "the DES scales the per-element costs by an op's head_dim / this (the fused kernel's cost per score element "
             "grows with head_dim: on a CPU it computes the masked half too); 0 for the materialised fp32 path on a GPU")
     # per size as well: scores that fit in the caches cost less per element than ones that do not;
     # a fused kernel never holds the op's matrix, and its cost follows one head's P x P (rates.work_seconds)
-    per_head = heads if fused else 1
+    per_head = seqs * heads if fused else 1
     cal.put_series("attention_score_mib", [x / per_head * 4 / 2**20 for x in xs],
                    [max(0.0, r / x * 1e9) for r, x in zip(res, xs)], f"at P={list(ps)} of {how}")
     tick()

@@ -158,7 +158,11 @@ def work_seconds(op: ComputeOp, hw: HardwareProfile, dtype_bytes: int = 2) -> fl
             return max(0.0, t1 + (t4 - t1) * (op.group - 1) / 3.0)
         if dev == "gpu":
             t_flops = attention_flops(op) / (_gpu_peak_flops(hw, dtype_bytes) * hw.gpu.gemm_efficiency)
-            mem_Bps = _positive(hw.gpu.mem_gbps, "gpu.mem_gbps", hw) * 1e9 * hw.gpu.attention_efficiency
+            # a fused prompt kernel (attention_score_head_dim > 0) streams K,V once, at the device's
+            # stream rate; attention_efficiency is the decode path's (a materialised score row per query)
+            fused_prefill = op.q_len > 1 and hw.gpu.attention_score_head_dim > 0
+            mem_Bps = _positive(hw.gpu.mem_gbps, "gpu.mem_gbps", hw) * 1e9 * (
+                1.0 if fused_prefill else hw.gpu.attention_efficiency)
             t = max(t_flops, attention_kv_bytes(op, dtype_bytes) / mem_Bps)
             if op.q_len > 1:
                 rows, stored, n_tail = attention_shape(op)

@@ -1,4 +1,6 @@
 """inf2sim.rates: roofline service times from a hand-written profile."""
+from dataclasses import replace
+
 import pytest
 
 from inf2sim import rates
@@ -162,3 +164,19 @@ def test_prefill_score_cost_follows_the_measured_curve_over_score_size():
     with pytest.raises(SpecError, match="attention_score_mib"):
         specs_from_config(default_config(model="opt-125m", **{"hardware.gpu.attention_score_mib": [4.0, 1.0],
                                                               "hardware.gpu.attention_score_mib_ns": [1.0, 2.0]}))
+
+
+def test_a_fused_prefill_streams_kv_at_the_stream_rate_not_the_decode_efficiency():
+    """attention_efficiency is measured on the decode path; a fused prompt kernel reads K,V
+    once at gpu.mem_gbps. With the scores free and the flops negligible, the op is its K,V
+    bytes over mem_gbps when fused, over mem_gbps x attention_efficiency when not."""
+    g = replace(HW.gpu, mem_gbps=100.0, attention_efficiency=0.25, attention_score_ns=0.0,
+                attention_score_mib=[], attention_score_mib_ns=[], decode_attention_kib=[], decode_attention_us=[])
+    p, rows, d = 256, 64, 128
+    op = Attention("a", (), 0, 0, 0, "attn", device="gpu", rows=(0, rows), tokens=(0, p), stored_len=p, q_len=p,
+                   group=1, head_dim=d, flops=1.0, kv_bytes=1)
+    kv = rates.attention_kv_bytes(op, 2)
+    fused = replace(HW, gpu=replace(g, attention_score_head_dim=d))
+    plain = replace(HW, gpu=replace(g, attention_score_head_dim=0))
+    assert rates.work_seconds(op, fused, 2) == pytest.approx(kv / 100e9)
+    assert rates.work_seconds(op, plain, 2) == pytest.approx(kv / 25e9)
