@@ -272,6 +272,8 @@ def transfer(r, op: Transfer, tag: str):
     if tag.startswith("kvw"):
         i = int(tag[3:])
         _, kn, vn = r.host_qkv[(L, m)]
+        if r.qkv_slots is not None:  # the write may outlive the step: it must not read a pinned slot reused later
+            kn, vn = kn.clone(), vn.clone()
         return r.io.submit(r.c.disk_kv.write, i, L, m, r.ctx_len() - 1, kn, vn)
     if tag == "kv_h2d":
         return None  # history is read where attention runs
