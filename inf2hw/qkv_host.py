@@ -11,8 +11,10 @@ taken on 64 MiB copies. Into page-locked memory the same copy is DMA at link spe
 three copies are queued, and the host then waits once for the stream.
 
 There is one slot per (layer, micro-batch, step parity). A step's rows are read by that
-step's consumers: attention, CSD query sends, drive writes of the new token. The plan has
-those finish before the same (layer, micro-batch) comes round again two steps later.
+step's consumers: attention, CSD query sends, the host stores' new token. The plan has those
+finish before the same (layer, micro-batch) comes round again two steps later. A drive
+write of the new token, which the I/O pool may run later, takes its own copy
+(`inf2hw.ops_io`, `kvw`).
 
 Shapes: q [rows, G, 1, d]; k and v [rows, 1, d]. rows = micro-batch x KV heads, in the
 store dtype.
