@@ -280,17 +280,19 @@ def _copies(nbytes: int, total: int = 64 << 20) -> int:
     return min(64, max(1, -(-total // nbytes)))
 
 
-def _cpu_attention_times(pool, attend, layout: str, rows: int, d: int, ctxs, dt, repeat: int, drives: int = 1):
+def _cpu_attention_times(pool, attend, layout: str, rows: int, d: int, ctxs, dt, repeat: int, drives: int = 1,
+                         group: int = 1):
     """(K+V bytes, median seconds) per ctx of the engine's CPU attention op on `pool`, over
     K, V laid out by row ("rows": a MemStore view [rows, :n] of a longer buffer) or by token
     ("tokens": `drives` drive read buffers [n + 16, rows / drives, 2, d], one
-    `host_attention.attend_drive_buffer` call per drive as `ops._attend_drives` makes them)."""
+    `host_attention.attend_drive_buffer` call per drive as `ops._attend_drives` makes them),
+    with `group` query heads per K,V row (GQA)."""
     import torch
 
     xs, ts = [], []
     for n in ctxs:
         cap = n + 16
-        q = torch.randn(rows, 1, 1, d).to(dt)
+        q = torch.randn(rows, group, 1, d).to(dt)  # [rows, G, 1, d]
         kn, vn = torch.randn(rows, 1, d).to(dt), torch.randn(rows, 1, d).to(dt)
         # distinct K and V, rotated over enough copies (>= 64 MB in all) that every call
         # reads them from memory, as a layer's history is when the engine reaches it
@@ -355,11 +357,16 @@ def cpu_attention(cal: "Calibration", quick: bool, tick) -> None:
                 cal.put("cpu_attention_fixed_us", min(a, min(ts)) * 1e6, how + fit + ", at most the smallest median")
                 cal.put_curve("cpu_attention", xs, ts, how)
             else:
-                cal.put_curve("cpu_tokens_attention", xs, ts, (
-                    f"the calls inf2hw.ops._attend_drives makes: K, V token-major [ctx, rows / {cal.opts.ssd_count}, 2, d] "
-                    f"as read back from each of {cal.opts.ssd_count} drive files (the profile's ssd_count), each attended "
-                    f"in place with the new token as the softmax tail, "
-                    f"rows={rows} d={d} ctx={list(ctxs)} {cal.opts.dtype}"))
+                how = (f"the calls inf2hw.ops._attend_drives makes: K, V token-major [ctx, rows / {cal.opts.ssd_count}, 2, d] "
+                       f"as read back from each of {cal.opts.ssd_count} drive files (the profile's ssd_count), each attended "
+                       f"in place with the new token as the softmax tail, "
+                       f"rows={rows} d={d} ctx={list(ctxs)} {cal.opts.dtype}")
+                cal.put_curve("cpu_tokens_attention", xs, ts, how)
+            # GQA: 4 query heads per K,V row do 4x the arithmetic per byte (on a CPU that shows)
+            xs4, ts4 = _cpu_attention_times(pool, attend, layout, rows, d, ctxs, dt, 5 if quick else 11,
+                                            drives=1 if layout == "rows" else cal.opts.ssd_count, group=4)
+            cal.put_curve("cpu_attention_gqa" if layout == "rows" else "cpu_tokens_attention_gqa", xs4, ts4,
+                          "the same with 4 query heads per K,V row")
             tick()
     finally:
         pool.shutdown()

@@ -120,6 +120,17 @@ def score_ns(gpu, elements: float) -> float:
     return ns[i - 1] + (ns[i] - ns[i - 1]) * (x - q[i - 1]) / (q[i] - q[i - 1])
 
 
+def _by_group(op: Attention, kib, us_1, us_4, kv_bytes: float) -> float:
+    """A measured attention curve at op's K+V bytes: the 1-query-head-per-row curve `us_1`,
+    or, for op.group > 1 with a 4-per-row curve `us_4` measured on the same grid, linear in
+    the group between the two (arithmetic per K,V byte grows with the query heads)."""
+    t1 = curve_seconds(kib, us_1, kv_bytes)
+    if op.group == 1 or not us_4:
+        return t1
+    t4 = curve_seconds(kib, us_4, kv_bytes)
+    return max(0.0, t1 + (t4 - t1) * (op.group - 1) / 3.0)
+
+
 def _gpu_peak_flops(hw: HardwareProfile, dtype_bytes: int) -> float:
     if dtype_bytes <= 2:
         return _positive(hw.gpu.fp16_tflops, "gpu.fp16_tflops", hw) * 1e12
@@ -150,12 +161,8 @@ def work_seconds(op: ComputeOp, hw: HardwareProfile, dtype_bytes: int = 2) -> fl
         raise ValueError(f"op {op.name}: DenseCompute runs on gpu or cpu, not {dev!r}")
     if isinstance(op, Attention):
         if dev == "gpu" and op.q_len == 1 and hw.gpu.decode_attention_kib:
-            kv, kib = attention_kv_bytes(op, dtype_bytes), hw.gpu.decode_attention_kib
-            t1 = curve_seconds(kib, hw.gpu.decode_attention_us, kv)
-            if op.group == 1 or not hw.gpu.decode_attention_gqa_us:
-                return t1
-            t4 = curve_seconds(kib, hw.gpu.decode_attention_gqa_us, kv)  # measured at 4 query heads per row
-            return max(0.0, t1 + (t4 - t1) * (op.group - 1) / 3.0)
+            return _by_group(op, hw.gpu.decode_attention_kib, hw.gpu.decode_attention_us,
+                             hw.gpu.decode_attention_gqa_us, attention_kv_bytes(op, dtype_bytes))
         if dev == "gpu":
             t_flops = attention_flops(op) / (_gpu_peak_flops(hw, dtype_bytes) * hw.gpu.gemm_efficiency)
             # a fused prompt kernel (attention_score_head_dim > 0) streams K,V once, at the device's
@@ -172,10 +179,11 @@ def work_seconds(op: ComputeOp, hw: HardwareProfile, dtype_bytes: int = 2) -> fl
                 t += n * score_ns(hw.gpu, key) * (op.head_dim / d_cal if d_cal else 1.0) * 1e-9
             return t
         if dev == "cpu" and op.kv_layout == "tokens" and hw.cpu.tokens_attention_kib:
-            return curve_seconds(hw.cpu.tokens_attention_kib, hw.cpu.tokens_attention_us,
-                                 attention_kv_bytes(op, dtype_bytes))
+            return _by_group(op, hw.cpu.tokens_attention_kib, hw.cpu.tokens_attention_us,
+                             hw.cpu.tokens_attention_gqa_us, attention_kv_bytes(op, dtype_bytes))
         if dev == "cpu" and hw.cpu.attention_kib:
-            return curve_seconds(hw.cpu.attention_kib, hw.cpu.attention_us, attention_kv_bytes(op, dtype_bytes))
+            return _by_group(op, hw.cpu.attention_kib, hw.cpu.attention_us, hw.cpu.attention_gqa_us,
+                             attention_kv_bytes(op, dtype_bytes))
         if dev == "cpu":
             cpu_Bps = _positive(hw.cpu.attention_gbps, "cpu.attention_gbps", hw) * 1e9
             return attention_kv_bytes(op, dtype_bytes) / cpu_Bps

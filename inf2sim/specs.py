@@ -188,6 +188,10 @@ class CpuSpec:
     # The same over token-major K,V (Attention.kv_layout = "tokens": FlexGen's drive reads)
     tokens_attention_kib: List[float] = field(default_factory=list)
     tokens_attention_us: List[float] = field(default_factory=list)
+    # The same two curves with 4 query heads per K,V row (GQA), on the same KiB grids; an op
+    # with G query heads per row is interpolated between G = 1 and 4 (as the GPU's decode curves).
+    attention_gqa_us: List[float] = field(default_factory=list)
+    tokens_attention_gqa_us: List[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -348,6 +352,11 @@ def validate(model: ModelSpec, workload: Workload, hw: HardwareProfile, policy: 
         if len(kib) != len(us) or len(kib) == 1 or any(b <= a for a, b in zip(kib, kib[1:])):
             raise SpecError(f"hardware.{where}_kib / _us: equal lengths (0 or >= 2) and increasing sizes are "
                             f"needed, got {list(kib)} / {list(us)}")
+    for where, kib, us in (("cpu.attention_gqa", hw.cpu.attention_kib, hw.cpu.attention_gqa_us),
+                           ("cpu.tokens_attention_gqa", hw.cpu.tokens_attention_kib, hw.cpu.tokens_attention_gqa_us)):
+        if us and len(us) != len(kib):
+            raise SpecError(f"hardware.{where}_us: one time per {where.replace('_gqa', '')}_kib size is needed, "
+                            f"got {len(us)} for {len(kib)}")
     q, ns = hw.gpu.attention_score_mib, hw.gpu.attention_score_mib_ns
     if len(q) != len(ns) or any(b <= a for a, b in zip(q, q[1:])) or any(v < 0 for v in ns):
         raise SpecError(f"hardware.gpu.attention_score_mib / _mib_ns: equal lengths, increasing sizes and "

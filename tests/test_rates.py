@@ -180,3 +180,25 @@ def test_a_fused_prefill_streams_kv_at_the_stream_rate_not_the_decode_efficiency
     plain = replace(HW, gpu=replace(g, attention_score_head_dim=0))
     assert rates.work_seconds(op, fused, 2) == pytest.approx(kv / 100e9)
     assert rates.work_seconds(op, plain, 2) == pytest.approx(kv / 25e9)
+
+
+def test_cpu_attention_with_gqa_interpolates_between_the_measured_group_curves():
+    """cpu.attention_us is measured with 1 query head per K,V row, attention_gqa_us with 4 on
+    the same grid: a G=4 op takes the second curve, G=2 a third of the way, G=1 the first;
+    without a GQA curve every group takes the first (the old model)."""
+    kib, us1, us4 = [1024.0, 4096.0], [100.0, 400.0], [160.0, 640.0]
+    cpu = replace(HW.cpu, attention_kib=kib, attention_us=us1, attention_gqa_us=us4)
+    hw = replace(HW, cpu=cpu)
+
+    def op(group):
+        return Attention("a", (), 0, 0, 0, "attn", device="cpu", rows=(0, 8), tokens=(0, 64), stored_len=64,
+                         q_len=1, group=group, head_dim=128, flops=1.0, kv_bytes=1)
+
+    kv = rates.attention_kv_bytes(op(1), 2)
+    t1 = rates.curve_seconds(kib, us1, kv)
+    t4 = rates.curve_seconds(kib, us4, kv)
+    assert rates.work_seconds(op(1), hw, 2) == pytest.approx(t1)
+    assert rates.work_seconds(op(4), hw, 2) == pytest.approx(t4)
+    assert rates.work_seconds(op(2), hw, 2) == pytest.approx(t1 + (t4 - t1) / 3)
+    old = replace(HW, cpu=replace(cpu, attention_gqa_us=[]))
+    assert rates.work_seconds(op(4), old, 2) == pytest.approx(t1)
