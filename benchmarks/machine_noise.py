@@ -36,24 +36,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the validation's engine uses 1 here)")
     ap.add_argument("--hidden", type=int, default=1024)
     a = ap.parse_args()
-    from inf2hw import model as M
-    from inf2hw.calibrate_dense import _layer
+    from inf2hw.calibrate_dense import prefill_block
 
     torch.set_num_threads(a.threads)
-    md = _layer("opt", a.hidden)
-    lw = M.init_random(md, dtype=torch.float32, device="cpu").layers[0]
-    t = a.hidden
-    x = torch.randn(1, t, a.hidden)  # [1, tokens, hidden]
-    pos = torch.arange(t).unsqueeze(0)
-    att = torch.randn(1, md.num_heads, t, md.head_dim)  # [1, heads, tokens, d]
+    blk, _ = prefill_block("opt", a.hidden, a.hidden, "cpu", torch.float32)  # the calibration's own block
     ts, stamps = [], []
     with torch.inference_mode():
-        rope = M.rope_tables(md, pos, x.dtype)
-        M.qkv(lw, md, x, pos, rope), M.post(lw, md, x, att)
+        blk()
         t_end = time.perf_counter() + a.seconds
         while time.perf_counter() < t_end:
             t0 = time.perf_counter()
-            M.qkv(lw, md, x, pos, rope), M.post(lw, md, x, att)
+            blk()
             ts.append(time.perf_counter() - t0)
             stamps.append(t0)
     s = sorted(ts)

@@ -11,7 +11,7 @@ Engine.execute). Units: seconds, bytes, FLOP, GB/s = 1e9 B/s, TFLOP/s, us.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Tuple
 
 import numpy as np
 
@@ -53,6 +53,25 @@ def _layer(family: str, hidden: int):
     return ModelSpec(name=f"calib-{family}-{hidden}", family=family, num_layers=1, hidden=hidden, num_heads=heads,
                      num_kv_heads=kvh, head_dim=d, ffn_dim=ffn, vocab_size=128, max_positions=8192,
                      tie_embeddings=family == "opt")
+
+
+def prefill_block(family: str, hidden: int, tokens: int, dev: str, dt) -> Tuple[Callable[[], Any], float]:
+    """The engine's prefill dense block of one layer (`model.qkv` + `model.post`, RoPE
+    tables made beforehand as the engine does once per step) on `tokens` tokens: a call
+    to run under torch.inference_mode, and its FLOPs. Also timed by benchmarks/machine_noise.py."""
+    import torch
+
+    from . import model as M
+
+    md = _layer(family, hidden)
+    lw = M.init_random(md, dtype=dt, device=dev).layers[0]
+    xp = torch.randn(1, tokens, hidden, device=dev).to(dt)  # [1, tokens, hidden]
+    pp = torch.arange(tokens, device=dev).unsqueeze(0)
+    att = torch.randn(1, md.num_heads, tokens, md.head_dim, device=dev).to(dt)  # [1, heads, tokens, d]
+    flops = 2.0 * tokens * (hidden * (md.q_dim + 2 * md.kv_dim) + md.q_dim * hidden + md.active_mlp_params())
+    with torch.inference_mode():
+        rp = M.rope_tables(md, pp, xp.dtype)
+    return (lambda: (M.qkv(lw, md, xp, pp, rp), M.post(lw, md, xp, att))), flops
 
 
 def dense_device(cal: "Calibration", dev: str, quick: bool, tick) -> None:
@@ -110,15 +129,9 @@ def dense_device(cal: "Calibration", dev: str, quick: bool, tick) -> None:
     hb, t = (4096, 4096) if gpu else ((512, 512) if quick else (1024, 1024))
     rates, fixed = [], []
     for fam in ("opt", "llama"):
-        md = _layer(fam, hb)
-        lw = M.init_random(md, dtype=dt, device=dev).layers[0]
-        xp = torch.randn(1, t, hb, device=dev).to(dt)
-        pp = torch.arange(t, device=dev).unsqueeze(0)
-        att = torch.randn(1, md.num_heads, t, md.head_dim, device=dev).to(dt)
-        flops = 2.0 * t * (hb * (md.q_dim + 2 * md.kv_dim) + md.q_dim * hb + md.active_mlp_params())
+        blk, flops = prefill_block(fam, hb, t, dev, dt)
         with torch.inference_mode():
-            rp = M.rope_tables(md, pp, xp.dtype)  # made once per step by the engine
-            s_blk = _time_s(lambda: (M.qkv(lw, md, xp, pp, rp), M.post(lw, md, xp, att)), rep, sync)
+            s_blk = _time_s(blk, rep, sync)
         rates.append(flops / s_blk / 1e12)
         md = _layer(fam, 64)  # the fixed cost: the same blocks on a hidden-64 layer, one token
         lw = M.init_random(md, dtype=dt, device=dev).layers[0]
@@ -344,8 +357,12 @@ def cpu_attention(cal: "Calibration", quick: bool, tick) -> None:
     try:
         for layout in ("rows", "tokens"):
             attend = host_attention if layout == "rows" else drive_attention
-            xs, ts = _cpu_attention_times(pool, attend, layout, rows, d, ctxs, dt, 5 if quick else 11,
-                                          drives=1 if layout == "rows" else cal.opts.ssd_count)
+
+            def times(group: int):
+                return _cpu_attention_times(pool, attend, layout, rows, d, ctxs, dt, 5 if quick else 11,
+                                            drives=1 if layout == "rows" else cal.opts.ssd_count, group=group)
+
+            xs, ts = times(1)
             if layout == "rows":
                 a, b = calibrate_csd.fit_line(xs, ts)
                 how = (f"the engine's host_attention.host_attention submitted to a one-thread pool as the engine does (distinct "
@@ -357,15 +374,13 @@ def cpu_attention(cal: "Calibration", quick: bool, tick) -> None:
                 cal.put("cpu_attention_fixed_us", min(a, min(ts)) * 1e6, how + fit + ", at most the smallest median")
                 cal.put_curve("cpu_attention", xs, ts, how)
             else:
-                how = (f"the calls inf2hw.ops._attend_drives makes: K, V token-major [ctx, rows / {cal.opts.ssd_count}, 2, d] "
-                       f"as read back from each of {cal.opts.ssd_count} drive files (the profile's ssd_count), each attended "
-                       f"in place with the new token as the softmax tail, "
-                       f"rows={rows} d={d} ctx={list(ctxs)} {cal.opts.dtype}")
-                cal.put_curve("cpu_tokens_attention", xs, ts, how)
+                cal.put_curve("cpu_tokens_attention", xs, ts, (
+                    f"the calls inf2hw.ops._attend_drives makes: K, V token-major [ctx, rows / {cal.opts.ssd_count}, 2, d] "
+                    f"as read back from each of {cal.opts.ssd_count} drive files (the profile's ssd_count), each attended "
+                    f"in place with the new token as the softmax tail, "
+                    f"rows={rows} d={d} ctx={list(ctxs)} {cal.opts.dtype}"))
             # GQA: 4 query heads per K,V row do 4x the arithmetic per byte (on a CPU that shows)
-            xs4, ts4 = _cpu_attention_times(pool, attend, layout, rows, d, ctxs, dt, 5 if quick else 11,
-                                            drives=1 if layout == "rows" else cal.opts.ssd_count, group=4)
-            cal.put_curve("cpu_attention_gqa" if layout == "rows" else "cpu_tokens_attention_gqa", xs4, ts4,
+            cal.put_curve("cpu_attention_gqa" if layout == "rows" else "cpu_tokens_attention_gqa", *times(4),
                           "the same with 4 query heads per K,V row")
             tick()
     finally:
