@@ -289,24 +289,6 @@ def host_gpu_copies(device: str, nbytes: int = 64 << 20, repeat: int = 5) -> Dic
     return out
 
 
-def _together(streams, copies) -> List[float]:
-    """Start `copies` (callables that enqueue one copy each) at once, copy i on streams[i];
-    seconds from the common start to each one's end (CUDA events)."""
-    import torch
-
-    start = torch.cuda.Event(enable_timing=True)
-    ends = [torch.cuda.Event(enable_timing=True) for _ in copies]
-    torch.cuda.synchronize()
-    start.record()
-    for st, fn, e in zip(streams, copies, ends):
-        st.wait_event(start)
-        with torch.cuda.stream(st):
-            fn()
-            e.record()
-    torch.cuda.synchronize()
-    return [start.elapsed_time(e) / 1e3 for e in ends]
-
-
 def duplex_copies(device: str, nbytes: int, repeat: int = 5) -> Dict[str, float]:
     """Pinned host->GPU and GPU->host copies of `nbytes`, each alone and both started together
     on two streams (CUDA events; medians of `repeat`): GB/s of each direction alone
@@ -316,15 +298,29 @@ def duplex_copies(device: str, nbytes: int, repeat: int = 5) -> Dict[str, float]
 
     h_in, h_out = (torch.empty(nbytes, dtype=torch.uint8, pin_memory=True) for _ in range(2))
     d_in, d_out = (torch.empty(nbytes, dtype=torch.uint8, device=device) for _ in range(2))
-    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
-    h2d, d2h = (lambda: d_in.copy_(h_in, non_blocking=True)), (lambda: h_out.copy_(d_out, non_blocking=True))
-    gbps = lambda s: nbytes / s / 1e9  # noqa: E731
+    streams = {"h2d": torch.cuda.Stream(), "d2h": torch.cuda.Stream()}
+    copy = {"h2d": lambda: d_in.copy_(h_in, non_blocking=True), "d2h": lambda: h_out.copy_(d_out, non_blocking=True)}
+
+    def run(which) -> Dict[str, float]:
+        start = torch.cuda.Event(enable_timing=True)
+        ends = {}
+        torch.cuda.synchronize()
+        start.record()
+        for name in which:
+            streams[name].wait_event(start)
+            with torch.cuda.stream(streams[name]):
+                copy[name]()
+                ends[name] = torch.cuda.Event(enable_timing=True)
+                ends[name].record()
+        torch.cuda.synchronize()
+        return {k: nbytes / (start.elapsed_time(e) / 1e3) / 1e9 for k, e in ends.items()}
+
+    run(("h2d", "d2h"))
     med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
-    _together(streams, [h2d, d2h])
-    both = [_together(streams, [h2d, d2h]) for _ in range(repeat)]
-    return {"h2d_alone_gbps": gbps(med([_together(streams, [h2d])[0] for _ in range(repeat)])),
-            "d2h_alone_gbps": gbps(med([_together(streams, [d2h])[0] for _ in range(repeat)])),
-            "h2d_with_d2h_gbps": gbps(med([b[0] for b in both])), "d2h_with_h2d_gbps": gbps(med([b[1] for b in both]))}
+    both = [run(("h2d", "d2h")) for _ in range(repeat)]
+    return {"h2d_alone_gbps": med([run(("h2d",))["h2d"] for _ in range(repeat)]),
+            "d2h_alone_gbps": med([run(("d2h",))["d2h"] for _ in range(repeat)]),
+            "h2d_with_d2h_gbps": med([b["h2d"] for b in both]), "d2h_with_h2d_gbps": med([b["d2h"] for b in both])}
 
 
 def h2d_first_of_two(device: str, nbytes: int, repeat: int = 5) -> float:
@@ -336,10 +332,19 @@ def h2d_first_of_two(device: str, nbytes: int, repeat: int = 5) -> float:
     hosts = [torch.empty(nbytes, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
     devs = [torch.empty(nbytes, dtype=torch.uint8, device=device) for _ in range(2)]
     streams = [torch.cuda.Stream() for _ in range(2)]
-    copies = [lambda d=d, h=h: d.copy_(h, non_blocking=True) for d, h in zip(devs, hosts)]
 
     def run(n: int) -> float:
-        return min(_together(streams[:n], copies[:n]))
+        start = torch.cuda.Event(enable_timing=True)
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+        torch.cuda.synchronize()
+        start.record()
+        for s, d, h, e in zip(streams[:n], devs, hosts, ends):
+            s.wait_event(start)
+            with torch.cuda.stream(s):
+                d.copy_(h, non_blocking=True)
+                e.record()
+        torch.cuda.synchronize()
+        return min(start.elapsed_time(e) for e in ends)
 
     run(2)
     ratios = sorted(run(2) / run(1) for _ in range(repeat))
