@@ -19,6 +19,9 @@ What is measured, and where it goes in the profile
   CPU attention  `inf2hw.attention.attend_partial` on the host, the call the engine's CPU
                  attention thread makes, fitted as fixed + bytes / rate over context
                  lengths -> cpu.attention_gbps, cpu.op_overhead_us; host GEMM -> cpu.gemm_gflops.
+  model ops      with calibrate.models: the engine's qkv, post, head and prompt attention of
+                 each named model over tokens (`calibrate_ops`) -> gpu.op_curves, which
+                 the DES uses for ops of exactly those shapes.
   engine         the engine's own dispatch cost per op (`engine_dispatch`) -> added to
                  every op's fixed cost (launch, link latency, ipc), since the simulator
                  has no dispatch of its own.
@@ -42,9 +45,9 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
-from . import calibrate_csd, calibrate_dense, calibrate_io
+from . import calibrate_csd, calibrate_dense, calibrate_io, calibrate_ops
 from .ops import IO_THREADS
 
 
@@ -60,6 +63,7 @@ class CalibrateOptions:
     csd_compute: str = "torch"  # torch | hls: which emulated-CSD compute the profile's fpga rate describes
     csd_io: str = "direct"  # direct | buffered: the engine's csd.direct_io (on | off) the CSD curves describe
     ssd_count: int = 2  # FlexGen drive files of the profile: the token-major CPU attention is one call per drive
+    models: Tuple[str, ...] = ()  # conf/model names whose ops are timed too (calibrate_ops -> gpu.op_curves)
 
 
 @dataclass
@@ -77,6 +81,7 @@ class Calibration:
 
     curves: Dict[str, Any] = field(default_factory=dict)  # name -> {"bytes": [...], "seconds": [...]} medians
     series: Dict[str, Any] = field(default_factory=dict)  # name -> (xs, ys): other measured curves
+    op_curves: List[Dict[str, Any]] = field(default_factory=list)  # inf2sim.specs.OpCurve fields + "how"
 
     def put(self, key: str, value: float, how: str) -> None:
         self.values[key] = float(value)
@@ -86,6 +91,13 @@ class Calibration:
         """A measured quantity over a parameter other than bytes (its units in `how`)."""
         self.series[key] = ([float(x) for x in xs], [float(y) for y in ys])
         self.how[key] = how
+
+    def put_op_curve(self, what: str, model: str, flops_per_token: float, tokens: List[int], us: List[float],
+                     how: str, group: int = 1, head_dim: int = 0) -> None:
+        """One op of one model over tokens (calibrate_ops; the profile's gpu.op_curves)."""
+        self.op_curves.append({"what": what, "model": model, "flops_per_token": float(flops_per_token),
+                               "group": int(group), "head_dim": int(head_dim), "tokens": [int(t) for t in tokens],
+                               "us": [float(u) for u in us], "how": how})
 
     def put_curve(self, key: str, nbytes: List[float], seconds: List[float], how: str) -> None:
         """Median times of one call at several sizes (the profile's measured curves)."""
@@ -97,7 +109,7 @@ def _steps(opts: CalibrateOptions, has_gpu: bool, hls_ok: bool) -> int:
     sizes = calibrate_io.SIZES_QUICK if opts.quick else calibrate_io.SIZES_FULL
     disk = (3 * len(sizes) + len(calibrate_io.STORE_SIZES)) * 2 * (2 if opts.procs > 1 else 1)  # modes x sizes x (read, write) x (1, N procs)
     csd = len(_csd_ctx(opts)) + 2  # store, one per context length, appends
-    return 1 + disk + 5 + 3 + 1 + csd * (2 if hls_ok else 1) + (1 if has_gpu else 0)
+    return 1 + disk + 5 + 3 + 1 + csd * (2 if hls_ok else 1) + (1 if has_gpu else 0) + 3 * len(opts.models)
 
 
 def _csd_ctx(opts: CalibrateOptions):
@@ -147,6 +159,9 @@ def measure(opts: CalibrateOptions, run_dir: Optional[str] = None, progress: boo
             tick()
         bar.set_postfix_str(f"dense ops on {dev}")
         calibrate_dense.dense_device(cal, dev, opts.quick, tick)
+        if opts.models:
+            bar.set_postfix_str(f"ops of {', '.join(opts.models)}")
+            calibrate_ops.model_ops(cal, dev, opts.models, opts.quick, tick)
         bar.set_postfix_str("CPU attention")
         calibrate_dense.cpu_attention(cal, opts.quick, tick)
         bar.set_postfix_str("engine dispatch")

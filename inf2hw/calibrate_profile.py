@@ -90,6 +90,20 @@ def _series(cal: Calibration, key: str, prefix: str, x_what: str, y_suffix: str,
             f"{prefix}{y_suffix}: {_fmt_list(ys)}   # {cal.how[key]} ({src})"]
 
 
+def _op_curves(cal: Calibration, src: str) -> List[str]:
+    """gpu.op_curves: one flow mapping per (model, op), how it was measured beside it."""
+    if not cal.op_curves:
+        return []
+    lines = ["  op_curves:   # the engine's ops of calibrate.models, timed on this device (inf2hw.calibrate_ops): "
+             "used by the DES for ops of exactly these shapes"]
+    for c in cal.op_curves:
+        keys = (f"what: {c['what']}, model: {c['model']}, flops_per_token: {c['flops_per_token']:.0f}, "
+                f"group: {c['group']}, head_dim: {c['head_dim']}")
+        lines.append(f"    - {{{keys}, tokens: {c['tokens']}, us: [{', '.join(f'{_r(u):g}' for u in c['us'])}]}}   "
+                     f"# {c['how']} ({src})")
+    return lines
+
+
 def _curves(c, indent: str, tag: str) -> List[str]:
     kib = [b / 1024 for b in c.req_bytes]
     lines = [
@@ -163,6 +177,7 @@ def profile_yaml(cal: Calibration, csd_count: int = 2, ssd_count: int = 2) -> st
         *_copy_engines(cal, src),
         *_measured(cal, "dense_attention", "  decode_attention", v["dense_op_us"], "launch_us", src),
         *_measured(cal, "dense_attention_gqa", "  decode_attention_gqa", v["dense_op_us"], "launch_us", src)[1:],
+        *_op_curves(cal, src),
         "  power_w: 0",
         "  price_usd: 0",
         "  link:",

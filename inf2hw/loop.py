@@ -48,13 +48,14 @@ def _section(cfg, name: str) -> dict:
 
 
 def calibrate_options(cfg):
+    from inf2sim.config import load_group
     from inf2sim.specs import SpecError
 
     from .calibrate import CalibrateOptions
 
     c = _section(cfg, "calibrate")
     known = {"name", "dir", "quick", "device", "threads", "procs", "csd_compute", "csd_io", "conf_dir", "csd_count",
-             "ssd_count"}
+             "ssd_count", "models"}
     bad = sorted(set(c) - known)
     if bad:
         raise SpecError(f"calibrate.{bad[0]} is not known; choose from {', '.join(sorted(known))}")
@@ -73,9 +74,17 @@ def calibrate_options(cfg):
     csd_io = str(c.get("csd_io", "direct"))
     if csd_io not in ("direct", "buffered"):
         raise SpecError(f"calibrate.csd_io={csd_io!r} is not allowed; choose one of direct, buffered")
+    models = c.get("models") or []
+    models = [m for m in models.split(",") if m] if isinstance(models, str) else [str(m) for m in models]
+    for m in models:  # one line naming the known models if one is not
+        try:
+            load_group("model", m)
+        except SpecError as e:
+            raise SpecError(f"calibrate.models: {e}") from None
     return CalibrateOptions(name=name, directory=str(c.get("dir", "") or ""), quick=bool(c.get("quick", False)),
                             device=dev, dtype=dtype, threads=int(c.get("threads", 1)), procs=int(c.get("procs", 2)),
-                            csd_compute=comp, csd_io=csd_io, ssd_count=max(1, int(c.get("ssd_count", 2))))
+                            csd_compute=comp, csd_io=csd_io, ssd_count=max(1, int(c.get("ssd_count", 2))),
+                            models=tuple(models))
 
 
 def calibrate_cli(cfg, out_dir: Path):
@@ -100,7 +109,7 @@ def calibrate_cli(cfg, out_dir: Path):
         {"options": asdict(opts), "when": cal.when, "machine": cal.machine, "device": cal.device,
          "seconds": cal.seconds, "values": cal.values, "how": cal.how, "skipped": cal.skipped,
          "disk": {k: asdict(v) for k, v in cal.disk.items()}, "csd": {k: asdict(v) for k, v in cal.csd.items()},
-         "curves": cal.curves},
+         "curves": cal.curves, "op_curves": cal.op_curves},
         indent=2))
     if conf_dir.resolve() == Path(CONF_DIR).resolve():  # check it loads as a profile (fails loudly if not)
         specs_from_config({"model": "opt-125m", "workload": "tiny", "hardware": load_group("hardware", opts.name),

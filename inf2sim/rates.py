@@ -23,6 +23,8 @@ Compute devices (plan names): `gpu`, `cpu`, `csd{i}.fpga`.
   cpu  DenseCompute  flops / gemm_gflops + op_overhead
        Attention     kv_bytes / attention_gbps + op_overhead
   fpga Attention     inf2sim.accel.attention_seconds(...) + host ipc round trip
+Measured ops of named model shapes (`gpu.op_curves`, inf2sim.op_curves) come first: a
+dense op or prompt attention on `gpu` that a curve matches takes its measured time.
 Measured curves, where a calibrated profile has them (`gpu.decode_attention_*` for
 q_len = 1, with `decode_attention_gqa_us` at 4 query heads per KV row, groups between
 and beyond interpolated linearly, `cpu.attention_*` (`cpu.tokens_attention_*` for token-major K,V), `csd.attend_*`): the attention term is
@@ -37,6 +39,7 @@ import bisect
 import functools
 from typing import Union
 
+from .op_curves import measured_seconds, op_tokens
 from .plan import Attention, DenseCompute
 from .specs import FpgaSpec, HardwareProfile
 from .topology import Topology, endpoint_node
@@ -150,6 +153,10 @@ def fpga_attention_seconds(fpga: FpgaSpec, rows: int, ctx_len: int, group: int, 
 def work_seconds(op: ComputeOp, hw: HardwareProfile, dtype_bytes: int = 2) -> float:
     """Service time of `op` on its device without the fixed per-op cost."""
     dev = getattr(op, "device", None)
+    if dev == "gpu" and hw.gpu.op_curves:  # this model's ops as a calibration timed them
+        t = measured_seconds(hw.gpu.op_curves, op)
+        if t is not None:
+            return t
     if isinstance(op, DenseCompute):
         if dev == "gpu":
             t_flops = op.flops / (_gpu_peak_flops(hw, dtype_bytes) * hw.gpu.gemm_efficiency)
@@ -211,7 +218,7 @@ def op_shape(op: ComputeOp) -> tuple:
         return (op.device, op.rows, op.tokens, op.stored_len, op.q_len, op.group, op.head_dim, op.flops, op.kv_bytes,
                 op.kv_layout)
     if type(op) is DenseCompute:
-        return (op.device, op.flops, op.nbytes)
+        return (op.device, op.what, op.flops, op.nbytes, op_tokens(op))
     return None
 
 

@@ -140,7 +140,7 @@ class PlanBuilder:
                 x[m] = p + "post"
                 ops.append(DenseCompute(x[m], (qkv, *[a for a in att if a]), s, L, m, "post", "gpu", post_flops,
                                         post_bytes, seqs, toks))
-        head_flops = 2.0 * wl.micro_batch * md.hidden * md.vocab_size
+        head_flops = wl.micro_batch * md.dense_flops_per_token("head")
         for m in range(nm):
             b.add(DenseCompute, -1, m, "head", "head", [x[m]], device="gpu", flops=head_flops,
                   nbytes=md.embed_bytes(), seqs=seqs, tokens=(ctx - 1, ctx))
@@ -194,16 +194,14 @@ class PlanBuilder:
 
     # --------------------------------------------------------- size helpers
     def _qkv_flops(self, q_len: int) -> float:
-        md = self.model
-        return 2.0 * self.work.micro_batch * q_len * md.hidden * (md.q_dim + 2 * md.kv_dim)
+        return self.work.micro_batch * q_len * self.model.dense_flops_per_token("qkv")
 
     def _qkv_bytes(self, q_len: int) -> int:
         md = self.model
         return md.hidden * (md.q_dim + 2 * md.kv_dim) * self.dt
 
     def _post_flops(self, q_len: int) -> float:
-        md = self.model
-        return 2.0 * self.work.micro_batch * q_len * (md.q_dim * md.hidden + md.active_mlp_params())
+        return self.work.micro_batch * q_len * self.model.dense_flops_per_token("post")
 
     def _post_bytes(self, q_len: int) -> int:
         md = self.model

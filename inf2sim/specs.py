@@ -82,6 +82,18 @@ class ModelSpec:
     def embed_bytes(self) -> int:
         return self.vocab_size * self.hidden * self.dtype_bytes
 
+    def dense_flops_per_token(self, what: str) -> float:
+        """FLOPs per token of the plan's dense ops: `qkv` (projections), `post` (output
+        projection + MLP) and `head` (LM head); the scheduler's DenseCompute.flops are these
+        times the op's tokens, and a measured `OpCurve` is keyed by them."""
+        if what == "qkv":
+            return 2.0 * self.hidden * (self.q_dim + 2 * self.kv_dim)
+        if what == "post":
+            return 2.0 * (self.q_dim * self.hidden + self.active_mlp_params())
+        if what == "head":
+            return 2.0 * self.hidden * self.vocab_size
+        raise ValueError(f"dense op {what!r} has no per-token FLOPs; use qkv, post or head")
+
 
 # ------------------------------------------------------------------------ workload
 @dataclass(frozen=True)
@@ -136,6 +148,25 @@ class StorageSpec:
 
 
 @dataclass(frozen=True)
+class OpCurve:
+    """One op of one model shape timed on the dense device (`inf2 calibrate calibrate.models=...`):
+    seconds beyond `GpuSpec.launch_us` (us) over `tokens`, interpolated by `inf2sim.op_curves`.
+    Dense ops (`what` = qkv | post | head) match a DenseCompute of that `what` whose FLOPs per
+    token equal `flops_per_token` (`ModelSpec.dense_flops_per_token`); `tokens` is the op's
+    tokens (micro-batch x query positions). `what` = prefill_attention matches a prompt
+    Attention with this `group` and `head_dim`; `tokens` is the prompt length and `us` is per
+    K,V row (the op's rows = micro-batch x KV heads)."""
+
+    what: str = ""
+    model: str = ""  # the model it was timed for (a label)
+    flops_per_token: float = 0.0
+    group: int = 1
+    head_dim: int = 0
+    tokens: List[float] = field(default_factory=list)
+    us: List[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class GpuSpec:
     name: str = "gpu"
     memory_gb: float = 40.0
@@ -170,6 +201,8 @@ class GpuSpec:
     decode_attention_us: List[float] = field(default_factory=list)
     # The same sizes with 4 query heads per KV row (GQA); other groups interpolate linearly
     decode_attention_gqa_us: List[float] = field(default_factory=list)
+    # Measured ops of the models named at calibration: replace the rates above for ops they match
+    op_curves: List[OpCurve] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -361,6 +394,10 @@ def validate(model: ModelSpec, workload: Workload, hw: HardwareProfile, policy: 
     if len(q) != len(ns) or any(b <= a for a, b in zip(q, q[1:])) or any(v < 0 for v in ns):
         raise SpecError(f"hardware.gpu.attention_score_mib / _mib_ns: equal lengths, increasing sizes and "
                         f"times >= 0 are needed, got {list(q)} / {list(ns)}")
+    from .op_curves import check_curve
+
+    for i, c in enumerate(hw.gpu.op_curves):
+        check_curve(c, f"hardware.gpu.op_curves[{i}]")
     check_positive("hardware.csd.io_threads", hw.csd.io_threads, allow_zero=True)
     check_positive("hardware.ssd.io_threads", hw.ssd.io_threads, allow_zero=True)
     check_positive("hardware.gpu.copy_engines", hw.gpu.copy_engines, allow_zero=True)

@@ -3,17 +3,17 @@
 Run by hand:
 
     python experiments/validation/bracket.py --name local --passes 3            # this CPU
-    python experiments/validation/bracket.py --name local --passes 3 -- --models opt-125m
+    python experiments/validation/bracket.py --name local --passes 3 --models opt-125m
 
 Steps, each an existing command run as a subprocess (its output goes to --out/log.txt):
-1. `inf2 calibrate calibrate.name=<name>_before` (conf/hardware/<name>_before.yaml);
+1. `inf2 calibrate calibrate.name=<name>_before calibrate.models=[<models>]` (conf/hardware/<name>_before.yaml, with the run models' op curves);
 2. `run.py --hardware <name>_before --passes N` (the engine sweep; table_before.md);
 3. `inf2 calibrate calibrate.name=<name>` (conf/hardware/<name>.yaml, right after);
 4. `run.py --hardware <name> --resim` (the same engine runs; table_after.md);
 5. `midpoint_profile.py` -> <out>/<name>_mid.yaml, the mean of the two profiles, and
    `run.py --hardware <out>/<name>_mid.yaml --resim` (table.md).
 All three tables are kept: the midpoint is the linear-drift estimate of the machine during
-the sweep, not a fit to it. Arguments after `--` go to run.py (models, prompts, ...).
+the sweep, not a fit to it. Arguments after `--` go to run.py (prompts, policies, ...).
 """
 from __future__ import annotations
 
@@ -41,6 +41,8 @@ def main() -> None:
     ap.add_argument("--passes", type=int, default=3)
     ap.add_argument("--out", default="", help="default experiments/validation/results/<name>/")
     ap.add_argument("--work", default="", help="engine runs (default outputs/validation/<name>/)")
+    ap.add_argument("--models", default="opt-125m,llama-110m",
+                    help="the models run (run.py --models) and calibrated (calibrate.models: their ops' curves)")
     ap.add_argument("rest", nargs="*", help="after --: more run.py arguments")
     a = ap.parse_args()
     out = Path(a.out or HERE / "results" / a.name)
@@ -48,11 +50,13 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     py, run = sys.executable, str(HERE / "run.py")
     tmp = out / ".bracket"
+    cal_models = f"calibrate.models=[{a.models}]"
+    a.rest = ["--models", a.models, *a.rest]
     with open(out / "log.txt", "w") as log:
-        _run([py, "-m", "inf2sim.cli", "calibrate", f"calibrate.name={a.name}_before"], log)
+        _run([py, "-m", "inf2sim.cli", "calibrate", f"calibrate.name={a.name}_before", cal_models], log)
         _run([py, run, "--hardware", f"{a.name}_before", "--passes", str(a.passes), "--out", str(tmp / "before"),
               "--work", work, *a.rest], log)
-        _run([py, "-m", "inf2sim.cli", "calibrate", f"calibrate.name={a.name}"], log)
+        _run([py, "-m", "inf2sim.cli", "calibrate", f"calibrate.name={a.name}", cal_models], log)
         _run([py, run, "--hardware", a.name, "--resim", "--out", str(tmp / "after"), "--work", work, *a.rest], log)
         conf = ROOT / "conf" / "hardware"
         mid = out / f"{a.name}_mid.yaml"

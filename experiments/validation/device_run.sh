@@ -17,6 +17,7 @@ NAME=${NAME:-h100}
 timeout ${CAL_S:-240} python3 -c "from inf2sim.cli import main; main()" calibrate calibrate.name=$NAME \
   calibrate.quick=${QUICK:-true} calibrate.device=cuda dtype=fp16 calibrate.threads=${THREADS:-8} \
   calibrate.procs=4 calibrate.csd_count=4 calibrate.ssd_count=4 calibrate.dir=/tmp/inf2-calib \
+  "calibrate.models=[${MODELS:-opt-13b-4l}]" \
   hydra.run.dir=/tmp/cal 2>&1 | grep -v "bench/s" | tee "$OUT/log.txt"
 cp conf/hardware/$NAME.yaml /tmp/cal/calibration.json "$OUT/" 2>/dev/null
 [ -f conf/hardware/$NAME.yaml ] || { echo "no profile written"; exit 1; }

@@ -32,6 +32,10 @@ def _mean(a, b, where: str):
         nums = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in a + b)
         if nums and len(a) == len(b) and not where.endswith("_kib"):
             return [(x + y) / 2 for x, y in zip(a, b)]
+        if (len(a) == len(b) and all(isinstance(x, dict) and isinstance(y, dict) for x, y in zip(a, b))
+                and all((x.get("what"), x.get("model"), x.get("tokens")) == (y.get("what"), y.get("model"), y.get("tokens"))
+                        for x, y in zip(a, b))):  # gpu.op_curves: the same ops over the same tokens
+            return [_mean(x, y, f"{where}[{i}]") for i, (x, y) in enumerate(zip(a, b))]
         return b  # names, or sizes (the x-axes must agree: checked below)
     return b
 

@@ -11,7 +11,7 @@ experiments/validation/results/<hardware>/): table.md (the acceptance table, wit
 command, the machine and the date), results.json (every number, per-op-kind errors
 included) and, per configuration, its validation.json / timeline.png under --work
 (default outputs/validation/<hardware>/, not committed; --png copies one timeline into
---out). Models: opt-125m (MHA) and llama-110m (GQA, llama-tiny widened by overrides, see
+--out). Models: opt-125m (MHA) and llama-110m (GQA, llama-tiny widened: conf/model, see
 MODELS); --models picks. Units: tokens/s; errors in percent.
 """
 from __future__ import annotations
@@ -30,13 +30,10 @@ ROOT = Path(__file__).resolve().parents[2]
 POLICIES = ["flexgen_ssd", "flexgen_dram", "ans", "ans_wb", "ans_xcache", "inf2"]
 # Model shapes: a conf/model file plus overrides (a GQA model big enough that its ops are not all
 # below the timer floor on a CPU; llama-tiny itself is a 4-layer toy).
-MODELS = {
+MODELS = {  # label -> (conf/model name, overrides)
     "opt-125m": ("opt-125m", {}),
-    "llama-110m": ("llama-tiny", {"model.name": "llama-110m", "model.num_layers": 8, "model.hidden": 1024,
-                                  "model.num_heads": 16, "model.num_kv_heads": 4, "model.head_dim": 64,
-                                  "model.ffn_dim": 2816, "model.vocab_size": 32000}),
-    # OPT-13B's layer shape (40 heads x 128, ffn 20480, MHA) with 4 layers: the H100 run
-    "opt-13b-4l": ("opt-13b", {"model.name": "opt-13b-4l", "model.num_layers": 4}),
+    "llama-110m": ("llama-110m", {}),  # GQA: llama-tiny widened (conf/model/llama-110m.yaml)
+    "opt-13b-4l": ("opt-13b-4l", {}),  # OPT-13B's layer shape with 4 layers: the H100 run
 }
 
 

@@ -1,0 +1,96 @@
+"""Measured op times of named model shapes (`GpuSpec.op_curves`) for the rates model.
+
+Called by `inf2sim.rates.work_seconds` before its roofline terms: a dense op (qkv, post,
+head) or a prompt attention on the dense device that a calibration timed for this model's
+shape (`inf2 calibrate calibrate.models=[...]`, `inf2hw.calibrate_ops`) takes the
+interpolated measured time instead of max(flops / rate, bytes / bandwidth). One rate per
+device cannot say how a given shape runs: on the 2-core VM, OPT-125M's decode projections
+streamed their weights ~25 % faster than the calibrated [4x2048]@[2048x4096] GEMV, and
+LLaMA's (three GEMVs and RoPE) ~15 % slower (experiments/validation/results/local_k).
+Ops of shapes no curve matches keep the rates model. Pure: no torch, no simpy.
+Units: seconds out; curves in us (beyond launch_us) over tokens.
+"""
+from __future__ import annotations
+
+import bisect
+from typing import Optional, Sequence
+
+from .plan import Attention, DenseCompute
+from .specs import OpCurve
+
+REL_TOL = 1e-6  # FLOPs per token computed twice by the same formula: equal up to rounding
+
+
+def op_tokens(op: DenseCompute) -> int:
+    """The tokens a dense op computes: sequences x positions."""
+    return max(0, op.tokens[1] - op.tokens[0]) * max(0, op.seqs[1] - op.seqs[0])
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= REL_TOL * max(abs(a), abs(b))
+
+
+def find_dense(curves: Sequence[OpCurve], op: DenseCompute) -> Optional[OpCurve]:
+    n = op_tokens(op)
+    if n <= 0 or op.flops <= 0:
+        return None
+    fpt = op.flops / n
+    for c in curves:
+        if c.what == op.what and _close(c.flops_per_token, fpt):
+            return c
+    return None
+
+
+def find_prefill_attention(curves: Sequence[OpCurve], op: Attention) -> Optional[OpCurve]:
+    for c in curves:
+        if c.what == "prefill_attention" and c.group == op.group and c.head_dim == op.head_dim:
+            return c
+    return None
+
+
+def curve_us(c: OpCurve, n: float, power: float = 1.0) -> float:
+    """us at `n` tokens: linear between the measured points, held below the first, and
+    scaled as n**power from the last beyond it (power 1: a dense op's work grows with its
+    tokens; 2: a causal attention's with the prompt squared)."""
+    xs, ys = c.tokens, c.us
+    if n >= xs[-1]:
+        return ys[-1] * (n / xs[-1]) ** power
+    if n <= xs[0]:
+        return ys[0]
+    i = bisect.bisect_left(xs, n)
+    x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+    return y0 + (y1 - y0) * (n - x0) / (x1 - x0)
+
+
+def measured_seconds(curves: Sequence[OpCurve], op) -> Optional[float]:
+    """Seconds beyond launch of `op` on the dense device from a matching curve, or None."""
+    if not curves:
+        return None
+    if isinstance(op, DenseCompute):
+        c = find_dense(curves, op)
+        return None if c is None else curve_us(c, op_tokens(op)) * 1e-6
+    if isinstance(op, Attention) and op.q_len > 1:
+        c = find_prefill_attention(curves, op)
+        if c is None:
+            return None
+        rows = op.rows[1] - op.rows[0]
+        return rows * curve_us(c, op.q_len, power=2.0) * 1e-6
+    return None
+
+
+def check_curve(c: OpCurve, where: str) -> None:
+    """One-line errors for a curve a user wrote or a calibration left malformed."""
+    from .specs import SpecError
+
+    if c.what not in ("qkv", "post", "head", "prefill_attention"):
+        raise SpecError(f"{where}.what={c.what!r} is not known; choose one of qkv, post, head, prefill_attention")
+    if not c.tokens or len(c.tokens) != len(c.us):
+        raise SpecError(f"{where}: tokens and us must be non-empty lists of equal length")
+    if any(b <= a for a, b in zip(c.tokens, c.tokens[1:])) or c.tokens[0] <= 0:
+        raise SpecError(f"{where}.tokens must be positive and increasing")
+    if any(u < 0 for u in c.us):
+        raise SpecError(f"{where}.us must be >= 0")
+    if c.what == "prefill_attention" and (c.head_dim <= 0 or c.group <= 0):
+        raise SpecError(f"{where}: a prefill_attention curve needs head_dim > 0 and group > 0")
+    if c.what != "prefill_attention" and c.flops_per_token <= 0:
+        raise SpecError(f"{where}.flops_per_token must be > 0 for a {c.what} curve")
