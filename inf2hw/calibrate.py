@@ -76,6 +76,7 @@ class Calibration:
     how: Dict[str, str] = field(default_factory=dict)
     disk: Dict[str, Any] = field(default_factory=dict)  # mode -> DiskCurves
     csd: Dict[str, Any] = field(default_factory=dict)  # compute -> CsdCosts
+    csd_gqa: Dict[str, Any] = field(default_factory=dict)  # compute -> CsdCosts at 4 query heads per K,V row
     skipped: List[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -109,7 +110,7 @@ def _steps(opts: CalibrateOptions, has_gpu: bool, hls_ok: bool) -> int:
     sizes = calibrate_io.SIZES_QUICK if opts.quick else calibrate_io.SIZES_FULL
     disk = (3 * len(sizes) + len(calibrate_io.STORE_SIZES)) * 2 * (2 if opts.procs > 1 else 1)  # modes x sizes x (read, write) x (1, N procs)
     csd = len(_csd_ctx(opts)) + 2  # store, one per context length, appends
-    return 1 + disk + 5 + 3 + 1 + csd * (2 if hls_ok else 1) + (1 if has_gpu else 0) + 3 * len(opts.models)
+    return 1 + disk + 5 + 3 + 1 + csd * (3 if hls_ok else 2) + (1 if has_gpu else 0) + 3 * len(opts.models)
 
 
 def _csd_ctx(opts: CalibrateOptions):
@@ -177,6 +178,13 @@ def measure(opts: CalibrateOptions, run_dir: Optional[str] = None, progress: boo
                                                          _csd_ctx(opts), 5 if opts.quick else 9, tick,
                                                          direct_io="on" if opts.csd_io == "direct" else "off",
                                                          threads=csd_threads)
+        # GQA: the profile's compute again with 4 query heads per K,V row (csd.attend_gqa_us)
+        comp = opts.csd_compute if opts.csd_compute in cal.csd else "torch"
+        bar.set_postfix_str(f"emulated CSD ({comp}), 4 query heads per K,V row")
+        cal.csd_gqa[comp] = calibrate_csd.measure_csd(work, comp, opts.dtype if comp == "torch" else "fp16", 128, 4,
+                                                      64 * csd_threads, _csd_ctx(opts), 3 if opts.quick else 5, tick,
+                                                      direct_io="on" if opts.csd_io == "direct" else "off",
+                                                      threads=csd_threads)
     finally:
         bar.close()
         shutil.rmtree(work, ignore_errors=True)

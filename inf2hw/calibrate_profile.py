@@ -307,6 +307,10 @@ def profile_yaml(cal: Calibration, csd_count: int = 2, ssd_count: int = 2) -> st
             kib = [kv_bytes(csd.rows, n, csd.head_dim, csd.group, 1, 1) / 1024 for n in csd.ctx]
             lines += _curve_lines("  attend", kib, csd.attend_s, csd.attend_fixed_us, "host.ipc_us",
                                   f"median worker-side attend of the fit above ({src})")
+            gqa = cal.csd_gqa.get(csd.compute)
+            if gqa is not None and gqa.ctx == csd.ctx:
+                lines += _curve_lines("  attend_gqa", kib, gqa.attend_s, csd.attend_fixed_us, "host.ipc_us",
+                                      f"the same with {gqa.group} query heads per K,V row ({src})")[1:]
     else:
         lines.append(f"    rate_gbps: {CYCLE_MODEL:g}   # no emulated CSD was measured: the DES uses the kernel's cycle model")
     for s in cal.skipped:

@@ -27,7 +27,8 @@ Measured ops of named model shapes (`gpu.op_curves`, inf2sim.op_curves) come fir
 dense op or prompt attention on `gpu` that a curve matches takes its measured time.
 Measured curves, where a calibrated profile has them (`gpu.decode_attention_*` for
 q_len = 1, with `decode_attention_gqa_us` at 4 query heads per KV row, groups between
-and beyond interpolated linearly, `cpu.attention_*` (`cpu.tokens_attention_*` for token-major K,V), `csd.attend_*`): the attention term is
+and beyond interpolated linearly, `cpu.attention_*` (`cpu.tokens_attention_*` for token-major K,V), `csd.attend_*`, each with
+a `*_gqa_us` at 4 query heads per K,V row): the attention term is
 `curve_seconds(kib, us, kv_bytes)` instead of the rate (a KV working set that fits in
 the caches runs several times faster per byte than one streamed from memory; one rate
 cannot say both).
@@ -199,7 +200,8 @@ def work_seconds(op: ComputeOp, hw: HardwareProfile, dtype_bytes: int = 2) -> fl
             if hw.csd.attend_kib:  # sized as the calibration sized it: accel.kv_bytes (fp16 K, V)
                 from .accel import kv_bytes
 
-                return curve_seconds(hw.csd.attend_kib, hw.csd.attend_us, kv_bytes(rows, stored, op.head_dim, op.group, n_tail))
+                return _by_group(op, hw.csd.attend_kib, hw.csd.attend_us, hw.csd.attend_gqa_us,
+                                 kv_bytes(rows, stored, op.head_dim, op.group, n_tail))
             return fpga_attention_seconds(hw.csd.fpga, rows, stored, op.group, op.head_dim, n_tail)
         raise ValueError(f"op {op.name}: unknown compute device {dev!r}; use gpu, cpu or csd<i>.fpga")
     raise TypeError(f"op {getattr(op, 'name', op)!r} of kind {type(op).__name__} is not a compute op")

@@ -281,6 +281,8 @@ class CsdSpec:
     # when given, it replaces the fpga model (see GpuSpec.decode_attention_kib).
     attend_kib: List[float] = field(default_factory=list)
     attend_us: List[float] = field(default_factory=list)
+    # The same with 4 query heads per K,V row (GQA), on the same grid (see CpuSpec.attention_gqa_us)
+    attend_gqa_us: List[float] = field(default_factory=list)
     # Flash commands (loads, stores, spills) one CSD serves at a time, in the order they
     # come: 0 = no limit (a SmartSSD's NVMe queues serve reads and writes at once); the
     # emulated CSD's worker has one I/O thread (1).
@@ -385,7 +387,8 @@ def validate(model: ModelSpec, workload: Workload, hw: HardwareProfile, policy: 
         if len(kib) != len(us) or len(kib) == 1 or any(b <= a for a, b in zip(kib, kib[1:])):
             raise SpecError(f"hardware.{where}_kib / _us: equal lengths (0 or >= 2) and increasing sizes are "
                             f"needed, got {list(kib)} / {list(us)}")
-    for where, kib, us in (("cpu.attention_gqa", hw.cpu.attention_kib, hw.cpu.attention_gqa_us),
+    for where, kib, us in (("csd.attend_gqa", hw.csd.attend_kib, hw.csd.attend_gqa_us),
+                           ("cpu.attention_gqa", hw.cpu.attention_kib, hw.cpu.attention_gqa_us),
                            ("cpu.tokens_attention_gqa", hw.cpu.tokens_attention_kib, hw.cpu.tokens_attention_gqa_us)):
         if us and len(us) != len(kib):
             raise SpecError(f"hardware.{where}_us: one time per {where.replace('_gqa', '')}_kib size is needed, "

@@ -105,6 +105,10 @@ def test_measured_attention_curves_replace_the_rates():
     assert rates.compute_seconds(attn("gpu", kv_bytes=kib, group=2), gqa) == pytest.approx((30 + 20 + 10) * 1e-6)  # + launch
     # the emulated CSD's curve is sized by accel.kv_bytes: 4 rows x 1000 tokens x 128 x 4 B = 2000 KiB
     assert rates.compute_seconds(attn("csd0.fpga"), hw) == pytest.approx((40 + 20 * 1900 / 100 + 20) * 1e-6)
+    # and its GQA curve (4 query heads per K,V row) the same way as the GPU's
+    csd4 = replace(hw, csd=replace(hw.csd, attend_gqa_us=[70.0, 90.0]))
+    assert rates.compute_seconds(attn("csd0.fpga", group=4), csd4) == pytest.approx((70 + 20 * 1900 / 100 + 20) * 1e-6)
+    assert rates.compute_seconds(attn("csd0.fpga", group=1), csd4) == pytest.approx((40 + 20 * 1900 / 100 + 20) * 1e-6)
     assert rates.compute_seconds(attn("cpu", kv_bytes=kib), HW) == pytest.approx(kib / 20e9 + 50e-6)
     # token-major K,V (FlexGen's drive reads) use their own curve where the profile has one
     tok = replace(hw, cpu=replace(hw.cpu, tokens_attention_kib=[1000.0, 3000.0], tokens_attention_us=[200.0, 1000.0]))

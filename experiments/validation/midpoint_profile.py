@@ -47,8 +47,8 @@ def midpoint(before: dict, after: dict) -> dict:
         kb, ka = before.get(sec, {}).get(f"{key}_kib"), after.get(sec, {}).get(f"{key}_kib")
         if kb != ka:  # different sizes: a mean of times is meaningless, keep AFTER's curve
             out[sec][f"{key}_us"] = after[sec][f"{key}_us"]
-            if key == "decode_attention" and "decode_attention_gqa_us" in after.get("gpu", {}):
-                out["gpu"]["decode_attention_gqa_us"] = after["gpu"]["decode_attention_gqa_us"]
+            if f"{key}_gqa_us" in after.get(sec, {}):
+                out[sec][f"{key}_gqa_us"] = after[sec][f"{key}_gqa_us"]
     return out
 
 
