@@ -22,6 +22,8 @@ What is measured, and where it goes in the profile
   model ops      with calibrate.models: the engine's qkv, post, head and prompt attention of
                  each named model over tokens (`calibrate_ops`) -> gpu.op_curves, which
                  the DES uses for ops of exactly those shapes.
+  speed probe    `speed_probe.probe_ms` three times during the run -> host.probe_ms: what
+                 `inf2 validate` compares the host's speed around each run with.
   engine         the engine's own dispatch cost per op (`engine_dispatch`) -> added to
                  every op's fixed cost (launch, link latency, ipc), since the simulator
                  has no dispatch of its own.
@@ -47,7 +49,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import calibrate_csd, calibrate_dense, calibrate_io, calibrate_ops
+import numpy as np
+
+from . import calibrate_csd, calibrate_dense, calibrate_io, calibrate_ops, speed_probe
 from .ops import IO_THREADS
 
 
@@ -159,10 +163,12 @@ def measure(opts: CalibrateOptions, run_dir: Optional[str] = None, progress: boo
                         "two streams: the earlier one's finish / one copy's time alone (CUDA events, median of 5)")
             tick()
         bar.set_postfix_str(f"dense ops on {dev}")
+        probes = [speed_probe.probe_ms()]  # the host's speed now, and twice more below (host.probe_ms)
         calibrate_dense.dense_device(cal, dev, opts.quick, tick)
         if opts.models:
             bar.set_postfix_str(f"ops of {', '.join(opts.models)}")
             calibrate_ops.model_ops(cal, dev, opts.models, opts.quick, tick)
+        probes.append(speed_probe.probe_ms())
         bar.set_postfix_str("CPU attention")
         calibrate_dense.cpu_attention(cal, opts.quick, tick)
         bar.set_postfix_str("engine dispatch")
@@ -178,6 +184,10 @@ def measure(opts: CalibrateOptions, run_dir: Optional[str] = None, progress: boo
                                                          _csd_ctx(opts), 5 if opts.quick else 9, tick,
                                                          direct_io="on" if opts.csd_io == "direct" else "off",
                                                          threads=csd_threads)
+        probes.append(speed_probe.probe_ms())
+        cal.put("probe_ms", float(np.mean(probes)), "mean of inf2hw.speed_probe's median (5 probes: a 512-wide OPT "
+                f"block of 256 tokens and 4 GEMVs over 16 MB weights, on {opts.threads} torch thread(s)) at the start "
+                f"of the dense-device, CPU-attention and CSD benchmarks ({', '.join(f'{x:.1f}' for x in probes)} ms)")
         # GQA: the profile's compute again with 4 query heads per K,V row (csd.attend_gqa_us)
         comp = opts.csd_compute if opts.csd_compute in cal.csd else "torch"
         bar.set_postfix_str(f"emulated CSD ({comp}), 4 query heads per K,V row")

@@ -223,6 +223,7 @@ def profile_yaml(cal: Calibration, csd_count: int = 2, ssd_count: int = 2) -> st
         f"  memory_budget_gb: {_r(_ram_gb() / 2)}   # half of RAM, as the papers' default budget",
         f"  ipc_us: {_r((csd.attend_fixed_us if csd else 0.0) + disp)}   # fixed part of the emulated CSD's attend "
         f"time ({_r(csd.attend_fixed_us) if csd else 0} us, fit below){plus} ({src})",
+        *([f"  probe_ms: {_r(v['probe_ms'])}   # {cal.how['probe_ms']} ({src})"] if "probe_ms" in v else []),
         "  price_usd: 0",
         "  power_w: 0",
         *([f"  shared_cores: {os.cpu_count()}   # os.cpu_count(): the dense device (this CPU), the CPU-attention "

@@ -12,7 +12,10 @@ full fidelity, every step traced) on the same `RunSpec` and the same hardware pr
     shorter ops are timer and scheduling noise on a Python engine: reported, not
     compared; the share of each kind's measured time in ops under the floor is beside);
   - one PNG with the two timelines one above the other (same time axis).
-The model's bytes are the engine's: `model.dtype_bytes` is set to the engine dtype's
+Every engine run is bracketed by `inf2hw.speed_probe` (a fixed workload on the host's
+cores): with a profile that recorded the probe at calibration (`host.probe_ms`), the DES
+runs the host's compute ops at the speed the probes measured around the compared run
+(`host.compute_scale`; `probe=False` keeps the profile's). The model's bytes are the engine's: `model.dtype_bytes` is set to the engine dtype's
 size (fp32 on a CPU = 4) for both runs. A short warm-up run of the engine (prompt <= 32, gen_len=2)
 comes first so one-time costs (allocator, first kernels, page faults) do not count.
 With `repeat` > 1 the engine runs that many times and the median run (by total
@@ -34,6 +37,8 @@ from typing import Dict, List, Optional, Tuple
 from inf2sim.config import RunSpec
 from inf2sim.metrics import read_chrome_trace
 from inf2sim.plan import Span
+
+from .speed_probe import probe_ms
 
 ITEMSIZE = {"fp32": 4, "fp16": 2, "bf16": 2}
 
@@ -66,6 +71,7 @@ class ValidationResult:
     simulated: Dict[str, float] = field(default_factory=dict)
     repeat: int = 1  # engine runs; the median one is compared
     load_avg: Tuple[float, float] = (float("nan"), float("nan"))  # 1-min load average before / after the runs
+    compute_scale: float = 1.0  # the host's probe around the compared run / at calibration (host.compute_scale)
 
     @property
     def worst_mape(self) -> Optional[float]:
@@ -136,7 +142,7 @@ def _loadavg() -> float:
 
 
 def validate_spec(spec: RunSpec, opts, out_dir: str, floor_ms: float = 1.0, warmup: bool = True,
-                  label: Optional[str] = None, plot: bool = True, repeat: int = 1) -> ValidationResult:
+                  label: Optional[str] = None, plot: bool = True, repeat: int = 1, probe: bool = True) -> ValidationResult:
     """Run `spec` on the engine (with `opts`, an `inf2hw.run.EngineOptions`; the median of
     `repeat` runs is kept) and the DES; write emu/ sim/ validation.json and timeline.png
     under out_dir; return the comparison."""
@@ -157,7 +163,7 @@ def validate_spec(spec: RunSpec, opts, out_dir: str, floor_ms: float = 1.0, warm
     shutil.rmtree(out / "emu_runs", ignore_errors=True)
     for k in range(max(1, repeat)):
         measure_once(spec, opts, out)
-    return compare_run(spec, out, opts.dtype, floor_ms, label, plot, None, max(1, repeat), (load0, _loadavg()))
+    return compare_run(spec, out, opts.dtype, floor_ms, label, plot, None, max(1, repeat), (load0, _loadavg()), probe)
 
 
 def measure_once(spec: RunSpec, opts, out: Path) -> float:
@@ -168,7 +174,9 @@ def measure_once(spec: RunSpec, opts, out: Path) -> float:
     runs = Path(out) / "emu_runs"
     runs.mkdir(parents=True, exist_ok=True)
     d = runs / f"run{len(list(runs.glob('run*')))}"
+    before = probe_ms()
     _, _, m, _ = run_engine(spec, opts, str(d))
+    (d / "probe.json").write_text(json.dumps({"before_ms": before, "after_ms": probe_ms()}))
     for f in d.glob("kv*"):  # no KV files left behind
         shutil.rmtree(f, ignore_errors=True)
     pick_median(Path(out))
@@ -185,16 +193,32 @@ def pick_median(out: Path) -> Path:
     return chosen
 
 
+def run_speed(run_dir: Path, hw) -> float:
+    """host.compute_scale for a kept run: the mean of the speed probes right before and after
+    it / the profile's `host.probe_ms` (1.0 when either is missing)."""
+    f = Path(run_dir) / "probe.json"
+    if hw.host.probe_ms <= 0 or not f.exists():
+        return 1.0
+    p = json.loads(f.read_text())
+    return (p["before_ms"] + p["after_ms"]) / 2 / hw.host.probe_ms
+
+
 def compare_run(spec: RunSpec, out: Path, dtype: str = "fp32", floor_ms: float = 1.0, label: Optional[str] = None,
                 plot: bool = True, measured: Optional[Dict[str, float]] = None, repeat: int = 1,
-                load_avg: Tuple[float, float] = (float("nan"), float("nan"))) -> ValidationResult:
+                load_avg: Tuple[float, float] = (float("nan"), float("nan")), probe: bool = True) -> ValidationResult:
     """Simulate `spec` into out/sim and compare it with the engine run kept in out/emu
     (metrics.json, trace.json): the second half of `validate_spec`, also usable alone to
-    re-check a measured run against a changed profile or model without running it again."""
+    re-check a measured run against a changed profile or model without running it again.
+    With `probe`, the host's compute ops are simulated at the speed the probes around the run
+    measured (`run_speed`); without, at the profile's."""
     from inf2sim.simulate import simulate_spec
 
     out = Path(out)
     spec = engine_spec(spec, dtype)
+    scale = run_speed(out / "emu", spec.hardware) if probe else 1.0
+    if scale != 1.0:
+        hw = spec.hardware
+        spec = replace(spec, hardware=replace(hw, host=replace(hw.host, compute_scale=scale)))
     te = measured or json.loads((out / "emu" / "metrics.json").read_text())["throughput"]
     spans_emu = read_chrome_trace(out / "emu" / "trace.json")
     m_sim = simulate_spec(spec, out_dir=str(out / "sim"))
@@ -204,7 +228,7 @@ def compare_run(spec: RunSpec, out: Path, dtype: str = "fp32", floor_ms: float =
                          _err(ts["total_tok_s"], te["total_tok_s"]), _err(ts["prefill_tok_s"], te["prefill_tok_s"]),
                          _err(ts["decode_tok_s"], te["decode_tok_s"]), compare_ops(spans_emu, spans_sim, floor_ms),
                          floor_ms, out_dir=str(out), measured=dict(te), simulated=dict(ts),
-                         repeat=repeat, load_avg=load_avg)
+                         repeat=repeat, load_avg=load_avg, compute_scale=scale)
     if plot:
         from .validate_plot import plot_timelines
 
@@ -228,11 +252,12 @@ def kinds_table(r: ValidationResult) -> str:
 
 def results_table(rs: List[ValidationResult]) -> str:
     head = ("| config | measured tok/s | simulated tok/s | error | prefill error | decode error | "
-            "worst op-kind MAPE | worst kind | within bounds |")
-    lines = [head, "|" + "---|" * 9]
+            "worst op-kind MAPE | worst kind | within bounds | host probe / calibration |")
+    lines = [head, "|" + "---|" * 10]
     for r in rs:
         w = r.worst_mape
         lines.append(f"| {r.config} | {r.measured_tok_s:.3f} | {r.simulated_tok_s:.3f} | {100 * r.error:+.1f} % | "
                      f"{100 * r.prefill_error:+.1f} % | {100 * r.decode_error:+.1f} % | "
-                     f"{'-' if w is None else f'{100 * w:.1f} %'} | {r.worst_kind()} | {'yes' if r.ok() else 'no'} |")
+                     f"{'-' if w is None else f'{100 * w:.1f} %'} | {r.worst_kind()} | {'yes' if r.ok() else 'no'} | "
+                     f"{r.compute_scale:.3f} |")
     return "\n".join(lines)

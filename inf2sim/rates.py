@@ -208,8 +208,18 @@ def work_seconds(op: ComputeOp, hw: HardwareProfile, dtype_bytes: int = 2) -> fl
 
 
 def compute_seconds(op: ComputeOp, hw: HardwareProfile, dtype_bytes: int = 2) -> float:
-    """Seconds `op` (DenseCompute or Attention) occupies its device when alone."""
-    return work_seconds(op, hw, dtype_bytes) + ipc_s(op.device, hw)
+    """Seconds `op` (DenseCompute or Attention) occupies its device when alone; on the host's
+    cores (`host.core_devices`) times `host.compute_scale` (the host's speed during a validated
+    run relative to its calibration, `inf2 validate`; 1 otherwise)."""
+    t = work_seconds(op, hw, dtype_bytes) + ipc_s(op.device, hw)
+    if hw.host.compute_scale != 1.0 and core_kind(op.device) in hw.host.core_devices:
+        t *= hw.host.compute_scale
+    return t
+
+
+def core_kind(device: str) -> str:
+    """The `host.core_devices` name of a compute device: gpu, cpu, or fpga for every CSD's."""
+    return "fpga" if device.endswith(".fpga") else device
 
 
 def op_shape(op: ComputeOp) -> tuple:

@@ -241,6 +241,11 @@ class HostSpec:
     # runs all three on its cores.
     shared_cores: int = 0
     core_devices: List[str] = field(default_factory=lambda: ["cpu", "fpga"])
+    # `inf2 calibrate`'s speed probe (inf2hw.speed_probe) at calibration time, ms (0: none);
+    # `inf2 validate` sets compute_scale = the probe around a run / this, and every compute op
+    # of the core devices then takes compute_scale x its profile time (a host whose speed drifts)
+    probe_ms: float = 0.0
+    compute_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -407,6 +412,8 @@ def validate(model: ModelSpec, workload: Workload, hw: HardwareProfile, policy: 
     check_positive("hardware.gpu.link.duplex_gbps", hw.gpu.link.duplex_gbps, allow_zero=True)
     check_positive("hardware.gpu.attention_score_head_dim", hw.gpu.attention_score_head_dim, allow_zero=True)
     check_positive("hardware.host.shared_cores", hw.host.shared_cores, allow_zero=True)
+    check_positive("hardware.host.probe_ms", hw.host.probe_ms, allow_zero=True)
+    check_positive("hardware.host.compute_scale", hw.host.compute_scale)
     for dev in hw.host.core_devices:
         check_choice("hardware.host.core_devices[]", dev, ("gpu", "cpu", "fpga"))
     if hw.csd_count > hw.csd.max_count:

@@ -35,7 +35,7 @@ def test_quick_calibration_writes_a_profile_that_loads_and_simulates(quick_profi
     text = path.read_text()
     for key in ("fp32_tflops", "mem_gbps", "launch_us", "attention_gbps", "ipc_us", "rate_gbps",
                 "read_gbps", "shared_read_gbps", "attention_score_ns", "decode_attention_us", "attention_us",
-                "attend_us", "attend_gqa_us"):
+                "attend_us", "attend_gqa_us", "probe_ms"):
         line = next(ln for ln in text.splitlines() if ln.strip().startswith(key + ":"))
         assert "#" in line, f"{key} carries no comment saying how it was measured"
     assert "inf2 calibrate 20" in text  # dated

@@ -206,3 +206,17 @@ def test_cpu_attention_with_gqa_interpolates_between_the_measured_group_curves()
     assert rates.work_seconds(op(2), hw, 2) == pytest.approx(t1 + (t4 - t1) / 3)
     old = replace(HW, cpu=replace(cpu, attention_gqa_us=[]))
     assert rates.work_seconds(op(4), old, 2) == pytest.approx(t1)
+
+
+def test_compute_scale_slows_only_the_host_cores_devices():
+    """host.compute_scale (inf2 validate's speed probe) multiplies every compute op of
+    host.core_devices, fixed cost included; other devices keep their times."""
+    from dataclasses import replace
+
+    slow = replace(HW, host=replace(HW.host, compute_scale=1.5))
+    for op in (attn("cpu", kv_bytes=4 << 20), attn("csd0.fpga")):
+        assert rates.compute_seconds(op, slow) == pytest.approx(1.5 * rates.compute_seconds(op, HW))
+    g = dense(flops=1e12)
+    assert rates.compute_seconds(g, slow) == pytest.approx(rates.compute_seconds(g, HW))  # gpu: not a core device
+    cores = replace(slow, host=replace(slow.host, core_devices=["gpu", "cpu", "fpga"]))
+    assert rates.compute_seconds(g, cores) == pytest.approx(1.5 * rates.compute_seconds(g, HW))

@@ -49,6 +49,8 @@ def test_validate_cli_on_a_tiny_config(tmp_path):
     kinds = {k["kind"] for k in res["kinds"]}
     assert {"DenseCompute/qkv", "Transfer/kv", "Attention/attn_out"} <= kinds
     assert (out / "emu" / "trace.json").exists() and (out / "sim" / "trace.json").exists()
+    probe = json.loads((out / "emu" / "probe.json").read_text())  # the host's speed around the run
+    assert probe["before_ms"] > 0 and probe["after_ms"] > 0 and res["compute_scale"] == 1.0  # paper_a100: no probe_ms
 
 
 def test_results_table_has_the_acceptance_columns():
@@ -56,7 +58,20 @@ def test_results_table_has_the_acceptance_columns():
 
     r = ValidationResult("m ans", 10.0, 10.5, 0.05, 0.0, 0.06)
     line = results_table([r]).splitlines()[2]
-    assert "| m ans | 10.000 | 10.500 | +5.0 % |" in line and line.endswith("| yes |")
+    assert "| m ans | 10.000 | 10.500 | +5.0 % |" in line and line.endswith("| yes | 1.000 |")
+
+
+def test_run_speed_is_the_probes_around_the_run_over_the_calibrations(tmp_path):
+    from dataclasses import replace
+
+    from inf2hw.validate import run_speed
+    from inf2sim.specs import HardwareProfile
+
+    hw = HardwareProfile()
+    assert run_speed(tmp_path, hw) == 1.0  # no probe.json
+    (tmp_path / "probe.json").write_text(json.dumps({"before_ms": 30.0, "after_ms": 36.0}))
+    assert run_speed(tmp_path, hw) == 1.0  # a profile without a calibration probe
+    assert run_speed(tmp_path, replace(hw, host=replace(hw.host, probe_ms=30.0))) == pytest.approx(1.1)
 
 
 def test_stamped_pool_spans_are_busy_time_not_queueing():

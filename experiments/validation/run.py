@@ -98,6 +98,8 @@ def main() -> None:
     ap.add_argument("--resim", action="store_true",
                     help="do not run the engine: re-simulate and compare against the runs already under --work")
     ap.add_argument("--tar", default="", help="also pack every config's emu/ (metrics, trace) into this .tgz")
+    ap.add_argument("--no-probe", action="store_true",
+                    help="simulate at the profile's host speed, not at the speed the probes around each run measured")
     a = ap.parse_args()
 
     from inf2hw.loop import pin_threads
@@ -137,6 +139,9 @@ def main() -> None:
                 + f"batch {a.batch}, gen {a.gen}, torch threads {torch.get_num_threads()}  ",
                 f"Error = simulated / measured - 1 (total tokens/s). Per-op-kind MAPE over ops matched by name with a "
                 f"measured duration >= {a.floor_ms:g} ms. Within bounds: |error| <= 10 % and every kind's MAPE <= 20 %.  ",
+                ("The DES runs at the profile's host speed (--no-probe).  " if a.no_probe else
+                 "The DES runs the host's compute ops at the speed the probes around each compared run measured "
+                 "(last column: probe / the profile's host.probe_ms; 1.000 where either is missing).  "),
                 f"{ok} of {len(results)} configurations within bounds"
                 + (f" ({len(failures)} more did not run, listed below)." if failures else "."), ""]
         body = [results_table(results), ""]
@@ -180,15 +185,16 @@ def main() -> None:
                 t1 = time.time()
                 try:
                     if a.resim:
-                        r = compare_run(spec, d, a.dtype, a.floor_ms, label)
+                        r = compare_run(spec, d, a.dtype, a.floor_ms, label, probe=not a.no_probe)
                     elif a.passes > 1:  # runs of the earlier passes are kept in d/emu_runs; one more, then compare
                         load0 = _load()
                         for _ in range(a.repeat):
                             measure_once(engine_spec(spec, a.dtype), opts, d)
                         r = compare_run(spec, d, a.dtype, a.floor_ms, label, True, None, a.passes - 1 + a.repeat,
-                                        (load0, _load()))
+                                        (load0, _load()), probe=not a.no_probe)
                     else:
-                        r = validate_spec(spec, opts, str(d), floor_ms=a.floor_ms, label=label, repeat=a.repeat)
+                        r = validate_spec(spec, opts, str(d), floor_ms=a.floor_ms, label=label, repeat=a.repeat,
+                                          probe=not a.no_probe)
                 except Exception as e:  # report what failed and go on: the table says which configs ran
                     msg = " ".join(f"{type(e).__name__}: {e}".split())[:300]
                     failures.append((label, msg))

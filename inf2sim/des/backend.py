@@ -49,6 +49,7 @@ from collections import deque
 from typing import Dict, List, Optional, Set, Tuple
 
 from ..plan import DenseCompute, Op, Span, Spill, StepPlan, Transfer
+from ..rates import core_kind
 from ..specs import HardwareProfile
 from ..topology import Topology, build_topology, endpoint_node
 from .devices import ComputeDevice, CoreShare, make_device
@@ -281,8 +282,7 @@ class DesBackend:
                 dev = self.devices[op.device] = make_device(  # type: ignore[attr-defined]
                     self.env, op.device, self.hw, self.dtype_bytes, self.cpu_slots  # type: ignore[attr-defined]
                 )
-                kind = "fpga" if op.device.endswith(".fpga") else op.device  # type: ignore[attr-defined]
-                if self._cores is not None and kind in self.hw.host.core_devices:
+                if self._cores is not None and core_kind(op.device) in self.hw.host.core_devices:
                     dev.cores = self._cores
             dev.submit(op, self._computed)
 
