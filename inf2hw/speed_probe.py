@@ -14,7 +14,7 @@ compute-bound) and four decode-shaped GEMVs over weights beyond the caches
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 
@@ -42,8 +42,8 @@ def _build() -> Callable[[], None]:
     return probe
 
 
-def probe_ms(repeat: int = 5) -> float:
-    """Median ms of `repeat` probes (built once per process; one warm call first)."""
+def probe_samples(repeat: int = 5) -> List[float]:
+    """ms of each of `repeat` probes (built once per process; one warm call first)."""
     global _PROBE
     if _PROBE is None:
         _PROBE = _build()
@@ -52,5 +52,10 @@ def probe_ms(repeat: int = 5) -> float:
     for _ in range(repeat):
         t0 = time.perf_counter()
         _PROBE()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts)) * 1e3
+        ts.append((time.perf_counter() - t0) * 1e3)
+    return ts
+
+
+def probe_ms(repeat: int = 5) -> float:
+    """Median ms of `repeat` probes."""
+    return float(np.median(probe_samples(repeat)))

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import tempfile
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field, replace
@@ -38,7 +39,7 @@ from inf2sim.config import RunSpec
 from inf2sim.metrics import read_chrome_trace
 from inf2sim.plan import Span
 
-from .speed_probe import probe_ms
+from .speed_probe import probe_samples
 
 ITEMSIZE = {"fp32": 4, "fp16": 2, "bf16": 2}
 
@@ -174,9 +175,11 @@ def measure_once(spec: RunSpec, opts, out: Path) -> float:
     runs = Path(out) / "emu_runs"
     runs.mkdir(parents=True, exist_ok=True)
     d = runs / f"run{len(list(runs.glob('run*')))}"
-    before = probe_ms()
+    before = probe_samples()
     _, _, m, _ = run_engine(spec, opts, str(d))
-    (d / "probe.json").write_text(json.dumps({"before_ms": before, "after_ms": probe_ms()}))
+    after = probe_samples()
+    (d / "probe.json").write_text(json.dumps({"before_ms": statistics.median(before), "after_ms": statistics.median(after),
+                                              "samples_ms": before + after}))
     for f in d.glob("kv*"):  # no KV files left behind
         shutil.rmtree(f, ignore_errors=True)
     pick_median(Path(out))
@@ -194,13 +197,16 @@ def pick_median(out: Path) -> Path:
 
 
 def run_speed(run_dir: Path, hw) -> float:
-    """host.compute_scale for a kept run: the mean of the speed probes right before and after
-    it / the profile's `host.probe_ms` (1.0 when either is missing)."""
+    """host.compute_scale for a kept run: the median of the speed probes right before and
+    right after it (all of them: one side's hiccup, e.g. the run's teardown, moves it little) /
+    the profile's `host.probe_ms` (1.0 when either is missing). Runs kept before the samples
+    were stored give the mean of the two sides' medians."""
     f = Path(run_dir) / "probe.json"
     if hw.host.probe_ms <= 0 or not f.exists():
         return 1.0
     p = json.loads(f.read_text())
-    return (p["before_ms"] + p["after_ms"]) / 2 / hw.host.probe_ms
+    ms = statistics.median(p["samples_ms"]) if p.get("samples_ms") else (p["before_ms"] + p["after_ms"]) / 2
+    return ms / hw.host.probe_ms
 
 
 def compare_run(spec: RunSpec, out: Path, dtype: str = "fp32", floor_ms: float = 1.0, label: Optional[str] = None,

@@ -72,6 +72,10 @@ def test_run_speed_is_the_probes_around_the_run_over_the_calibrations(tmp_path):
     (tmp_path / "probe.json").write_text(json.dumps({"before_ms": 30.0, "after_ms": 36.0}))
     assert run_speed(tmp_path, hw) == 1.0  # a profile without a calibration probe
     assert run_speed(tmp_path, replace(hw, host=replace(hw.host, probe_ms=30.0))) == pytest.approx(1.1)
+    # with the samples kept, their median: one side's hiccup moves it little
+    (tmp_path / "probe.json").write_text(json.dumps({"before_ms": 30.0, "after_ms": 60.0,
+                                                     "samples_ms": [30.0, 31.0, 29.0, 30.0, 60.0, 61.0]}))
+    assert run_speed(tmp_path, replace(hw, host=replace(hw.host, probe_ms=30.0))) == pytest.approx(30.5 / 30.0)
 
 
 def test_stamped_pool_spans_are_busy_time_not_queueing():
