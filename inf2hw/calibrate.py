@@ -186,8 +186,9 @@ def measure(opts: CalibrateOptions, run_dir: Optional[str] = None, progress: boo
                                                          threads=csd_threads)
         probes.append(speed_probe.probe_ms())
         cal.put("probe_ms", float(np.mean(probes)), "mean of inf2hw.speed_probe's median (5 probes: a 512-wide OPT "
-                f"block of 256 tokens and 4 GEMVs over 16 MB weights, on {opts.threads} torch thread(s)) at the start "
-                f"of the dense-device, CPU-attention and CSD benchmarks ({', '.join(f'{x:.1f}' for x in probes)} ms)")
+                f"block of 256 tokens and 4 GEMVs over 16 MB weights, on {opts.threads} torch thread(s)) before the "
+                f"dense-device benchmarks, before the CPU-attention ones and after the emulated CSD's "
+                f"({', '.join(f'{x:.1f}' for x in probes)} ms)")
         # GQA: the profile's compute again with 4 query heads per K,V row (csd.attend_gqa_us)
         comp = opts.csd_compute if opts.csd_compute in cal.csd else "torch"
         bar.set_postfix_str(f"emulated CSD ({comp}), 4 query heads per K,V row")
