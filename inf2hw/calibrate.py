@@ -177,13 +177,15 @@ def measure(opts: CalibrateOptions, run_dir: Optional[str] = None, progress: boo
         # each CSD worker computes on the engine's share for it (inf2hw.run.csd_threads_for, procs CSDs), with
         # enough rows per call to keep those threads busy
         csd_threads = max(1, min(opts.threads, (os.cpu_count() or 1) // max(1, opts.procs)))  # procs: the CSDs
+
+        def csd(compute: str, group: int, repeat: int):
+            return calibrate_csd.measure_csd(work, compute, opts.dtype if compute == "torch" else "fp16", 128, group,
+                                             64 * csd_threads, _csd_ctx(opts), repeat, tick,
+                                             direct_io="on" if opts.csd_io == "direct" else "off", threads=csd_threads)
+
         for compute in (["torch"] + (["hls"] if hls_why is None else [])):
             bar.set_postfix_str(f"emulated CSD ({compute})")
-            dtype = opts.dtype if compute == "torch" else "fp16"
-            cal.csd[compute] = calibrate_csd.measure_csd(work, compute, dtype, 128, 1, 64 * csd_threads,
-                                                         _csd_ctx(opts), 5 if opts.quick else 9, tick,
-                                                         direct_io="on" if opts.csd_io == "direct" else "off",
-                                                         threads=csd_threads)
+            cal.csd[compute] = csd(compute, 1, 5 if opts.quick else 9)
         probes.append(speed_probe.probe_ms())
         cal.put("probe_ms", float(np.mean(probes)), "mean of inf2hw.speed_probe's median (5 probes: a 512-wide OPT "
                 f"block of 256 tokens and 4 GEMVs over 16 MB weights, on {opts.threads} torch thread(s)) before the "
@@ -192,10 +194,7 @@ def measure(opts: CalibrateOptions, run_dir: Optional[str] = None, progress: boo
         # GQA: the profile's compute again with 4 query heads per K,V row (csd.attend_gqa_us)
         comp = opts.csd_compute if opts.csd_compute in cal.csd else "torch"
         bar.set_postfix_str(f"emulated CSD ({comp}), 4 query heads per K,V row")
-        cal.csd_gqa[comp] = calibrate_csd.measure_csd(work, comp, opts.dtype if comp == "torch" else "fp16", 128, 4,
-                                                      64 * csd_threads, _csd_ctx(opts), 3 if opts.quick else 5, tick,
-                                                      direct_io="on" if opts.csd_io == "direct" else "off",
-                                                      threads=csd_threads)
+        cal.csd_gqa[comp] = csd(comp, 4, 3 if opts.quick else 5)
     finally:
         bar.close()
         shutil.rmtree(work, ignore_errors=True)

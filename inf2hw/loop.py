@@ -108,7 +108,8 @@ def calibrate_cli(cfg, out_dir: Path):
     (out / "calibration.json").write_text(json.dumps(
         {"options": asdict(opts), "when": cal.when, "machine": cal.machine, "device": cal.device,
          "seconds": cal.seconds, "values": cal.values, "how": cal.how, "skipped": cal.skipped,
-         "disk": {k: asdict(v) for k, v in cal.disk.items()}, "csd": {k: asdict(v) for k, v in cal.csd.items()}, "csd_gqa": {k: asdict(v) for k, v in cal.csd_gqa.items()},
+         "disk": {k: asdict(v) for k, v in cal.disk.items()}, "csd": {k: asdict(v) for k, v in cal.csd.items()},
+         "csd_gqa": {k: asdict(v) for k, v in cal.csd_gqa.items()},
          "curves": cal.curves, "op_curves": cal.op_curves},
         indent=2))
     if conf_dir.resolve() == Path(CONF_DIR).resolve():  # check it loads as a profile (fails loudly if not)

@@ -4,16 +4,17 @@ Called by `inf2sim.rates.work_seconds` before its roofline terms: a dense op (qk
 head) or a prompt attention on the dense device that a calibration timed for this model's
 shape (`inf2 calibrate calibrate.models=[...]`, `inf2hw.calibrate_ops`) takes the
 interpolated measured time instead of max(flops / rate, bytes / bandwidth). One rate per
-device cannot say how a given shape runs: on the 2-core VM, OPT-125M's decode projections
-streamed their weights ~25 % faster than the calibrated [4x2048]@[2048x4096] GEMV, and
-LLaMA's (three GEMVs and RoPE) ~15 % slower (experiments/validation/results/local_k).
-Ops of shapes no curve matches keep the rates model. Pure: no torch, no simpy.
+device cannot say how a given shape runs: on the 2-core VM the one GEMV rate simulated
+OPT-125M's decode projections at 1.01-1.28x their measured time and LLaMA-110M's (three
+GEMVs and RoPE) at 0.77-0.90x (BENCHMARKS.md, session 7). Ops of shapes no curve matches
+keep the rates model. Pure: numpy, no torch, no simpy.
 Units: seconds out; curves in us (beyond launch_us) over tokens.
 """
 from __future__ import annotations
 
-import bisect
 from typing import Optional, Sequence
+
+import numpy as np
 
 from .plan import Attention, DenseCompute
 from .specs import OpCurve
@@ -52,14 +53,9 @@ def curve_us(c: OpCurve, n: float, power: float = 1.0) -> float:
     """us at `n` tokens: linear between the measured points, held below the first, and
     scaled as n**power from the last beyond it (power 1: a dense op's work grows with its
     tokens; 2: a causal attention's with the prompt squared)."""
-    xs, ys = c.tokens, c.us
-    if n >= xs[-1]:
-        return ys[-1] * (n / xs[-1]) ** power
-    if n <= xs[0]:
-        return ys[0]
-    i = bisect.bisect_left(xs, n)
-    x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
-    return y0 + (y1 - y0) * (n - x0) / (x1 - x0)
+    if n >= c.tokens[-1]:
+        return c.us[-1] * (n / c.tokens[-1]) ** power
+    return float(np.interp(n, c.tokens, c.us))
 
 
 def measured_seconds(curves: Sequence[OpCurve], op) -> Optional[float]:

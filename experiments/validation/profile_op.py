@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hardware", default="local")
-    ap.add_argument("--model", default="opt-125m", help="a validation model name (run.py MODELS)")
+    ap.add_argument("--model", default="opt-125m", help="a conf/model name (the validation uses opt-125m, llama-110m, opt-13b-4l)")
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--policy", default="flexgen_dram")
     ap.add_argument("--batch", type=int, default=4)

@@ -11,8 +11,8 @@ experiments/validation/results/<hardware>/): table.md (the acceptance table, wit
 command, the machine and the date), results.json (every number, per-op-kind errors
 included) and, per configuration, its validation.json / timeline.png under --work
 (default outputs/validation/<hardware>/, not committed; --png copies one timeline into
---out). Models: opt-125m (MHA) and llama-110m (GQA, llama-tiny widened: conf/model, see
-MODELS); --models picks. Units: tokens/s; errors in percent.
+--out). Models (--models, conf/model names): opt-125m (MHA) and llama-110m (GQA, llama-tiny
+widened); opt-13b-4l on the H100. Units: tokens/s; errors in percent.
 """
 from __future__ import annotations
 
@@ -28,13 +28,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICIES = ["flexgen_ssd", "flexgen_dram", "ans", "ans_wb", "ans_xcache", "inf2"]
-# Model shapes: a conf/model file plus overrides (a GQA model big enough that its ops are not all
-# below the timer floor on a CPU; llama-tiny itself is a 4-layer toy).
-MODELS = {  # label -> (conf/model name, overrides)
-    "opt-125m": ("opt-125m", {}),
-    "llama-110m": ("llama-110m", {}),  # GQA: llama-tiny widened (conf/model/llama-110m.yaml)
-    "opt-13b-4l": ("opt-13b-4l", {}),  # OPT-13B's layer shape with 4 layers: the H100 run
-}
 
 
 def build_spec(model: str, prompt: int, policy: str, hardware: str, batch: int, gen: int, extra: dict):
@@ -42,10 +35,9 @@ def build_spec(model: str, prompt: int, policy: str, hardware: str, batch: int, 
 
     from omegaconf import OmegaConf
 
-    conf, over = MODELS[model]
     hw = OmegaConf.load(hardware) if hardware.endswith(".yaml") else hardware  # a name in conf/hardware, or a file
-    o = {"model": conf, "policy": policy, "hardware": hw, "workload.batch": batch,
-         "workload.prompt_len": prompt, "workload.gen_len": gen, **over, **extra}
+    o = {"model": model, "policy": policy, "hardware": hw, "workload.batch": batch,  # model: a conf/model name
+         "workload.prompt_len": prompt, "workload.gen_len": gen, **extra}
     return specs_from_config(default_config(**o))
 
 
