@@ -5,8 +5,8 @@ head) or a prompt attention on the dense device that a calibration timed for thi
 shape (`inf2 calibrate calibrate.models=[...]`, `inf2hw.calibrate_ops`) takes the
 interpolated measured time instead of max(flops / rate, bytes / bandwidth). One rate per
 device cannot say how a given shape runs: on the 2-core VM the one GEMV rate simulated
-OPT-125M's decode projections at 1.01-1.28x their measured time and LLaMA-110M's (three
-GEMVs and RoPE) at 0.77-0.90x (BENCHMARKS.md, session 7). Ops of shapes no curve matches
+OPT-125M's decode projections at 1.01-1.29x their measured time and LLaMA-110M's (three
+GEMVs and RoPE) at 0.76-0.90x (BENCHMARKS.md, session 7). Ops of shapes no curve matches
 keep the rates model. Pure: numpy, no torch, no simpy.
 Units: seconds out; curves in us (beyond launch_us) over tokens.
 """
