@@ -119,6 +119,9 @@ def _curves(c, indent: str, tag: str) -> List[str]:
             f"{indent}shared_read_gbps: {_fmt_list(monotone(c.read_agg_gbps))}   # {tag}: {who}, aggregate (one disk)",
             f"{indent}shared_write_gbps: {_fmt_list(monotone(c.write_agg_gbps))}  # {tag}: {who}, aggregate",
         ]
+        if c.mode == "direct":  # one device queue: benchmarks/csd_disk_mix.py measured its round-robin of requests
+            lines.append(f"{indent}shared_by: requests   # O_DIRECT on one disk: one request of each stream per round, "
+                         "reads and writes in one queue (inf2sim.des.disks)")
     return lines
 
 
@@ -228,7 +231,9 @@ def profile_yaml(cal: Calibration, csd_count: int = 2, ssd_count: int = 2) -> st
         "  power_w: 0",
         *([f"  shared_cores: {os.cpu_count()}   # os.cpu_count(): the dense device (this CPU), the CPU-attention "
            "thread and the emulated CSDs' workers all compute on these cores",
-           "  core_devices: [gpu, cpu, fpga]"] if not gpu else []),
+           "  core_devices: [gpu, cpu, fpga]",
+           "  core_moves: [ssd]   # FlexGen's drive reads / writes are page-cache copies on the engine's I/O threads"]
+          if not gpu else []),
         "  dram:   # every host-side flow crosses this link; no flow here is limited by DRAM itself (DMA from pinned",
         "         # memory, or the CPU copies charged on the links that make them), so it does not limit",
         f"    up_gbps: {NO_COPY_GBPS:g}   # (CPU memcpy measured {_r(memcpy)} GB/s: {cal.how['memcpy_gbps']}, {src})",

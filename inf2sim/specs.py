@@ -142,6 +142,12 @@ class StorageSpec:
     # Empty = each drive is its own device (real SSDs, SmartSSDs).
     shared_read_gbps: List[float] = field(default_factory=list)
     shared_write_gbps: List[float] = field(default_factory=list)
+    # How that disk divides itself among the flows on it: `bytes` = max-min fair bandwidth,
+    # reads and writes apart (a page cache: CPU copies); `requests` = one request of each
+    # stream per round, reads and writes in one queue (a device queue under O_DIRECT: a
+    # stream of small requests beside large ones gets one small request per large one,
+    # `inf2sim.des.disks`)
+    shared_by: str = "bytes"
     # Reads and writes of all drives of this kind that the host serves at once, in the
     # order they come (the real engine's drive I/O pool): 0 = no limit.
     io_threads: int = 0
@@ -241,6 +247,10 @@ class HostSpec:
     # runs all three on its cores.
     shared_cores: int = 0
     core_devices: List[str] = field(default_factory=lambda: ["cpu", "fpga"])
+    # Storage whose moves are copies on those cores (ssd: drive files in the page cache,
+    # read and written by the engine's I/O threads; csd: the CSDs' flash): each such move
+    # in flight takes a share of the shared cores, as one more op in service would
+    core_moves: List[str] = field(default_factory=list)
     # `inf2 calibrate`'s speed probe (inf2hw.speed_probe) at calibration time, ms (0: none);
     # `inf2 validate` sets compute_scale = the probe around a run / this, and every compute op
     # of the core devices then takes compute_scale x its profile time (a host whose speed drifts)
@@ -416,6 +426,10 @@ def validate(model: ModelSpec, workload: Workload, hw: HardwareProfile, policy: 
     check_positive("hardware.host.compute_scale", hw.host.compute_scale)
     for dev in hw.host.core_devices:
         check_choice("hardware.host.core_devices[]", dev, ("gpu", "cpu", "fpga"))
+    for name, st in (("ssd", hw.ssd), ("csd.ssd", hw.csd.ssd)):
+        check_choice(f"hardware.{name}.shared_by", st.shared_by, ("bytes", "requests"))
+    for store in hw.host.core_moves:
+        check_choice("hardware.host.core_moves[]", store, ("ssd", "csd"))
     if hw.csd_count > hw.csd.max_count:
         raise SpecError(f"hardware.csd_count={hw.csd_count} is not allowed; this profile holds 0..{hw.csd.max_count}")
     check_choice("policy.kv_on", policy.kv_on, ("gpu", "host", "ssd", "csd"))

@@ -24,7 +24,9 @@ Shared disk: when a StorageSpec has `shared_read_gbps` (emulated drives that are
 on one physical disk), a media link `ssd_disk` / `csd_disk` hangs off `rc` with that
 aggregate curve, and every flow crossing one of those drives' media links also crosses
 it in the same direction (`Topology.shared`): N drives busy at once then share the one
-disk, while a lone drive still runs at its own (single-stream) curve.
+disk, while a lone drive still runs at its own (single-stream) curve. With
+`shared_by: requests` the disk is one queue for reads and writes that serves one request
+of each stream per round (`Link.by_requests`, `inf2sim.des.disks`).
 """
 from __future__ import annotations
 
@@ -46,6 +48,9 @@ class Link:
     curve_req_bytes: Tuple[float, ...] = ()
     curve_up_gbps: Tuple[float, ...] = ()
     curve_down_gbps: Tuple[float, ...] = ()
+    # a shared disk divided by requests (StorageSpec.shared_by), not max-min by bytes:
+    # `inf2sim.des.disks.DiskShare` sets its flows' rates, its channels never bind
+    by_requests: bool = False
 
     @property
     def is_media(self) -> bool:
@@ -121,6 +126,7 @@ def _media(name: str, s: StorageSpec, shared: bool = False) -> Link:
         tuple(k * 1024.0 for k in s.req_kib),
         tuple(float(x) for x in rd),
         tuple(float(x) for x in wr),
+        shared and s.shared_by == "requests",
     )
 
 

@@ -300,3 +300,31 @@ def test_drive_io_threads_serve_moves_over_all_drives_in_order(io_threads, want)
     be = DesBackend(hw)
     got = be.execute(step(0, xfer("r0", "ssd0", "dram", GB), xfer("r1", "ssd1", "dram", GB)))
     assert times(got + be.finish()) == want
+
+
+@pytest.mark.parametrize("core_moves, want", [([], {"r": (0.0, 1.0), "g": (0.0, 1.0)}),
+                                               (["ssd"], {"r": (0.0, 1.0), "g": (0.0, 1.5)})])
+def test_page_cache_drive_moves_take_a_share_of_the_host_cores(core_moves, want):
+    """A 1 s dense op on the one shared core beside a 1 s drive read: when drive moves are
+    copies on the host's cores (`host.core_moves`), the op runs at half speed while the read
+    is in flight (0.5 s of work by t=1) and alone after; the read keeps its link's speed."""
+    from dataclasses import replace
+
+    ssd = StorageSpec(link=LinkSpec(4, 4, 0), req_kib=[4, 1024], read_gbps=[1, 1], write_gbps=[1, 1])
+    host = replace(TINY.host, shared_cores=1, core_devices=["gpu", "cpu"], core_moves=core_moves)
+    hw = replace(TINY, ssd_count=1, ssd=ssd, ssd_uplink=LinkSpec(4, 4, 0), host=host)
+    be = DesBackend(hw)
+    assert times(be.execute(step(0, xfer("r", "ssd0", "dram", GB), gemm("g", 1.0)))) == want
+
+
+def test_moves_waiting_at_a_csd_start_in_plan_order():
+    """One CSD serving one flash command at a time: load l0 (1 GB at 1 GB/s) runs from 0;
+    load l1 waits from 0; the spill, behind a 0.5 s copy, waits from 0.5. When l0 ends the
+    spill (earlier in the plan) goes first, as the engine's in-order issue loop sends it."""
+    from dataclasses import replace
+
+    be = DesBackend(replace(TINY, csd=replace(TINY.csd, io_threads=1)))
+    ops = (xfer("l0", "csd0.ssd", "csd0.fpga", GB, req=MiB), xfer("x", "dram", "gpu", GB // 2),
+           spill("sp", GB // 4, deps=("x",)), xfer("l1", "csd0.ssd", "csd0.fpga", GB, req=MiB))
+    got = times(be.execute(step(0, *ops)) + be.finish())
+    assert got["sp"] == (1.0, 1.5) and got["l1"] == (1.5, 2.5)

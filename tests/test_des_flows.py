@@ -348,3 +348,48 @@ def test_a_duplex_cap_is_shared_by_both_directions_only_when_both_run():
     _duplex(t2, "gpu", LinkSpec(4.0, 4.0, 0.0))  # 0: independent directions
     done, _ = run(t2, {"h2d": (0, "dram", "gpu", 6 * GB, 0), "d2h": (0, "gpu", "dram", 12 * GB, 0)})
     assert done["h2d"] == approx(1.5) and done["d2h"] == approx(3.0)
+
+
+
+def shared_disk(by_requests=True, solo_gbps=(8.0, 8.0)):
+    """Two drives (files) on one disk, each alone reading / writing at solo_gbps[i]; the disk
+    serves 4 GB/s of 1 MiB requests and 0.5 GB/s of 4 KiB ones, reads and writes alike."""
+    t = Topology()
+    t.add("rc", None)
+    for d, solo in zip(("d0", "d1"), solo_gbps):
+        t.add(d, "rc", link(d, up=100.0, down=100.0))
+        t.add(f"{d}.nand", d, Link(f"{d}.nand", solo, solo, 0.0, (4096.0, 1048576.0), (solo, solo), (solo, solo)))
+    t.add("disk", "rc", Link("disk", 4.0, 4.0, 0.0, (4096.0, 1048576.0), (0.5, 4.0), (0.5, 4.0), by_requests))
+    t.shared.update({"d0.nand": "disk", "d1.nand": "disk"})
+    return t
+
+
+def test_disk_by_requests_gives_each_stream_one_request_per_round():
+    """A 4 KiB write stream beside a 1 MiB read stream: a round is one 1 MiB request (262 us
+    at 4 GB/s) and one 4 KiB request (8.2 us at 0.5 GB/s), so each stream moves one request
+    per round. Max-min by bytes, reads and writes apart, would run each at its own curve."""
+    big, small = 1 << 20, 4096
+    round_s = big / 4e9 + small / 0.5e9
+    flows = {"load": (0, "d0.nand", "rc", 10 * big, big), "spill": (0, "rc", "d1.nand", 10 * small, small)}
+    done, _ = run(shared_disk(), flows)
+    assert done["spill"] == pytest.approx(10 * round_s, rel=1e-9)  # both: 10 rounds
+    assert done["load"] == pytest.approx(10 * round_s, rel=1e-9)
+    done, _ = run(shared_disk(by_requests=False), flows)
+    assert done == {"spill": approx(10 * small / 0.5e9), "load": approx(10 * big / 4e9)}
+    # streams of one size split the curve evenly, as max-min sharing does
+    two = {"a": (0, "d0.nand", "rc", 4 * GB, big), "b": (0, "d1.nand", "rc", 4 * GB, big)}
+    assert run(shared_disk(), two)[0] == {"a": approx(2.0), "b": approx(2.0)}
+    assert run(shared_disk(by_requests=False), two)[0] == {"a": approx(2.0), "b": approx(2.0)}
+
+
+def test_disk_by_requests_gives_what_a_capped_stream_leaves_to_the_others():
+    """A 1 MiB stream whose drive caps it at 2 GB/s (below its round share, ~3.9 GB/s) uses
+    half of the disk's time (2 of 4 GB/s); the 4 KiB stream beside it gets the other half
+    of its 0.5 GB/s: 0.25 GB/s. Alone, the small stream has the whole disk."""
+    big, small = 1 << 20, 4096
+    done, _ = run(shared_disk(solo_gbps=(2.0, 8.0)), {"small": (0, "d1.nand", "rc", GB // 2, small)})
+    assert done["small"] == pytest.approx(1.0, rel=1e-9)
+    done, _ = run(shared_disk(solo_gbps=(2.0, 8.0)), {"load": (0, "d0.nand", "rc", 4 * GB, big),
+                                                       "small": (0, "d1.nand", "rc", GB // 4, small)})
+    assert done["small"] == pytest.approx(1.0, rel=1e-9)
+    assert done["load"] == pytest.approx(2.0, rel=1e-9)

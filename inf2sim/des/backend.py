@@ -18,13 +18,19 @@ How ops map onto the model
 - DenseCompute / Attention: the FIFO queue of the device the op names.
 - With `hw.host.shared_cores` > 0, the devices of `hw.host.core_devices` share that many
   host cores (processor sharing: `inf2sim.des.devices.CoreShare`); a span is then the op's
-  stretched service time.
-- A move to or from a CSD's flash (`csd{i}.ssd`) waits, FIFO, while that CSD already
-  serves `hw.csd.io_threads` of them (0: no limit); its span starts when it starts.
-- A move to or from a conventional drive (`ssd{i}`) waits, FIFO, while `hw.ssd.io_threads`
+  stretched service time. A move to or from storage named in `hw.host.core_moves` (`ssd`:
+  the drives, `csd`: the CSDs' flash) is a copy on those cores (page-cache I/O): while it
+  runs it takes a share of them (`CoreShare.hold`), at its own link speed.
+- A move to or from a CSD's flash (`csd{i}.ssd`) waits while that CSD already serves
+  `hw.csd.io_threads` of them (0: no limit); its span starts when it starts.
+- A move to or from a conventional drive (`ssd{i}`) waits while `hw.ssd.io_threads`
   such moves over all drives are in service (0: no limit): the engine's drive I/O pool.
 - Likewise a copy into (out of) the GPU waits while `hw.gpu.copy_engines` copies in that
   direction are in service (0: no limit, concurrent copies share the link's bandwidth).
+- Moves waiting at one of these gates start in plan order (step, then position in the
+  step), not in the order they became ready: the engine issues ready ops in plan order
+  from a loop that blocks where the host waits on the GPU, so commands to one queue
+  arrive in plan order (a CSD's spill of layer l ahead of its load of layer l+1).
 
 Deps: an op starts when every dep has completed. A dep on an op of an earlier step
 that this backend never executed (fast fidelity samples steps) counts as done. If
@@ -45,7 +51,7 @@ with >= 1 decode KV transfer in flight). With `record=False` no spans are built
 from __future__ import annotations
 
 import math
-from collections import deque
+import heapq
 from typing import Dict, List, Optional, Set, Tuple
 
 from ..plan import DenseCompute, Op, Span, Spill, StepPlan, Transfer
@@ -58,6 +64,13 @@ from .kernel import Kernel
 
 
 _MOVES = (Transfer, Spill)
+
+
+def storage_of(endpoint: str) -> str:
+    """`ssd` for a drive (`ssd3`), `csd` for a CSD's flash (`csd3.ssd`), else ''."""
+    if endpoint.startswith("ssd") and endpoint[3:].isdigit():
+        return "ssd"
+    return "csd" if endpoint.startswith("csd") and endpoint.endswith(".ssd") else ""
 KV_WHATS = frozenset(("kv", "kv_new"))  # as `inf2sim.metrics.KV_WHATS`: transfers that count as KV I/O
 
 
@@ -86,6 +99,7 @@ class DesBackend:
         self._moved_cb = self._moved  # one bound method for every flow (FlowNetwork batches by identity)
         self.devices: Dict[str, ComputeDevice] = {}
         self._cores = CoreShare(self.env, hw.host.shared_cores) if hw.host.shared_cores > 0 else None
+        self._core_moves = set(hw.host.core_moves) if self._cores is not None else set()
         self._done: Set[str] = set()  # every op completed before the current step began
         self._finished: List[str] = []  # ops completed since (moved into _done by _admit)
         # op admitted, not completed -> its cell [deps still outstanding, op]; the ops
@@ -99,7 +113,7 @@ class DesBackend:
         # (src, dst, req_bytes) -> (flow route or None when it takes no time, span resource)
         self._routes: Dict[Tuple[str, str, int], tuple] = {}
         self._t0: Dict[str, float] = {}  # transfer -> start time, kept only for recorded spans
-        # CSD flash endpoint or GPU copy direction -> [moves in service, limit, FIFO of moves waiting]
+        # CSD flash endpoint or GPU copy direction -> [moves in service, limit, heap of moves waiting by plan position]
         self._csd_io: Dict[str, list] = {}
         self._io_threads = hw.csd.io_threads
         self._drive_io_threads = hw.ssd.io_threads
@@ -188,8 +202,8 @@ class DesBackend:
         ready: List[Op] = []
         left = 0
         try:
-            for op in ops:
-                cell = [0, op]
+            for i, op in enumerate(ops):
+                cell = [0, op, (step.step, i)]
                 n = 0
                 for d in op.deps:
                     if d not in pending:  # (most deps are earlier ops of this step: pending)
@@ -228,7 +242,8 @@ class DesBackend:
         return ready
 
     def _route(self, src: str, dst: str, req_bytes: int) -> tuple:
-        """(flow route or None when the move takes no time, span resource) for plan endpoints, cached."""
+        """(flow route or None when the move takes no time, span resource, whether it holds a
+        host core while it runs) for plan endpoints, cached."""
         key = (src, dst, req_bytes)
         r = self._routes.get(key)
         if r is None:
@@ -239,11 +254,12 @@ class DesBackend:
                     raise ValueError(f"endpoint {endpoint!r} is not in hardware {self.hw.name}")
                 nodes.append(node)
             flow = None if nodes[0] == nodes[1] else self.flows.route(nodes[0], nodes[1], req_bytes)
-            r = self._routes[key] = (flow, f"{src}->{dst}")
+            store = {storage_of(e) for e in (src, dst)}
+            r = self._routes[key] = (flow, f"{src}->{dst}", flow is not None and bool(store & self._core_moves))
         return r
 
     def _flash_gate(self, op: Op) -> Optional[list]:
-        """The FIFO gate `op` passes, if any: [moves in service, their limit, moves waiting].
+        """The gate `op` passes, if any: [moves in service, their limit, moves waiting].
         The CSD whose flash it reads or writes, when that CSD serves a limited number of
         flash commands at once; the host's drive I/O pool, for a move to or from a
         conventional drive when the profile limits it; else the GPU's copy engine of its
@@ -262,7 +278,7 @@ class DesBackend:
     def _gate_of(self, key: str, limit: int) -> list:
         gate = self._csd_io.get(key)
         if gate is None:
-            gate = self._csd_io[key] = [0, limit, deque()]
+            gate = self._csd_io[key] = [0, limit, []]
         return gate
 
     def _launch(self, op: Op) -> None:
@@ -272,7 +288,7 @@ class DesBackend:
             gate = self._flash_gate(op)
             if gate is not None:
                 if gate[0] >= gate[1]:
-                    gate[2].append(op)
+                    heapq.heappush(gate[2], (self._pending[op.name][2], op))
                     return
                 gate[0] += 1
             self._start_move(op)
@@ -295,6 +311,8 @@ class DesBackend:
             self._call_in(0.0, self._moved, op)
         else:
             self._start_flow(r[0], op.nbytes, op.req_bytes, self._moved_cb, op)  # type: ignore[attr-defined]
+            if r[2]:
+                self._cores.hold(1)
         if op.what in KV_WHATS and op.step >= 1:
             if self._kv_active == 0:
                 self._kv_since_s = self.env.now
@@ -304,12 +322,15 @@ class DesBackend:
 
     def _moved(self, op: Op) -> None:
         """A Transfer or Spill has ended."""
+        r = self._routes[(op.src, op.dst, op.req_bytes)]  # type: ignore[attr-defined]
+        if r[2] and op.nbytes > 0:  # type: ignore[attr-defined]
+            self._cores.hold(-1)
         gate = self._flash_gate(op)
         if gate is not None:
             gate[0] -= 1
             if gate[2]:
                 gate[0] += 1
-                self._start_move(gate[2].popleft())
+                self._start_move(heapq.heappop(gate[2])[1])
         if op.what in KV_WHATS and op.step >= 1:
             self._kv_active -= 1
             if self._kv_active == 0:
@@ -317,7 +338,6 @@ class DesBackend:
         if self.record:
             start_s = self._t0.pop(op.name)
             if op.step <= self.record_max_step:
-                r = self._routes[(op.src, op.dst, op.req_bytes)]  # type: ignore[attr-defined]
                 self._spans.append(Span(op.name, type(op).__name__, op.what, r[1], op.step, op.layer, start_s,
                                         self.env.now, op.nbytes))  # type: ignore[attr-defined]
         self._completed(op)

@@ -109,8 +109,11 @@ class CoreShare:
     workers). Each op in service needs one core; while more ops than `cores` are in
     service they share the cores equally (processor sharing), so each progresses at
     cores / active of its solo speed. `start(work_s, fn, arg)` calls `fn(arg)` when the
-    op's solo service time `work_s` has been done. A change of the active set re-times
-    every op in service (few at once: a handful of devices)."""
+    op's solo service time `work_s` has been done. `hold(+1)` / `hold(-1)` count a copy
+    that runs on these cores without being an op of theirs (a page-cache drive read or
+    write, `host.core_moves`): it takes its share of the cores while it runs, its own
+    speed is its link's. A change of the active set re-times every op in service (few at
+    once: a handful of devices)."""
 
     def __init__(self, env: simpy.Environment, cores: int):
         if cores < 1:
@@ -118,12 +121,20 @@ class CoreShare:
         self.env = env
         self.cores = cores
         self._jobs: dict = {}  # job id -> [work left (solo s), fn, arg, version]
+        self._held = 0  # copies in flight on these cores (hold)
         self._mark_s = 0.0
         self._ids = 0
         self._call_in = call_in_for(env)
 
     def _rate(self) -> float:
-        return min(1.0, self.cores / len(self._jobs)) if self._jobs else 1.0
+        return min(1.0, self.cores / (len(self._jobs) + self._held)) if self._jobs else 1.0
+
+    def hold(self, delta: int) -> None:
+        """A copy on these cores starts (+1) or ends (-1): the ops in service re-time."""
+        self._advance()
+        self._held += delta
+        if self._jobs:
+            self._retime()
 
     def _retime(self) -> None:
         rate = self._rate()

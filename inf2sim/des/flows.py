@@ -15,6 +15,10 @@ The model
   channel's shared capacity is the curve at the *largest* request size among its
   active flows (a drive serving one large-request stream runs at the large-request
   rate, and small-request streams beside it cannot exceed their own curve).
+- A shared disk divided by requests (`Link.by_requests`) is no max-min constraint: its
+  `inf2sim.des.disks.DiskShare` caps each of its flows at one request per round
+  (re-capped whenever a flow starts or ends on it), and the flows share their other
+  links as usual.
 - Latency: a flow takes its share of bandwidth from the moment it starts, and its
   event fires the path's summed link latency *after* its last byte leaves the
   fluid phase. A lone flow therefore takes nbytes / bottleneck + latency.
@@ -42,6 +46,7 @@ import simpy
 from simpy.events import NORMAL
 
 from ..topology import Link, Topology
+from .disks import DiskShare
 from .fill import REL as _REL, fill as _fill
 from .kernel import Deferred, call_in_for
 
@@ -57,7 +62,7 @@ class Flow:
     """One transfer in the fluid phase. `bytes_left` is exact at time `mark_s`;
     between recomputations it drains at `rate_Bps`."""
 
-    __slots__ = ("nbytes", "req_bytes", "channels", "cap_Bps", "latency_s", "on_done", "token",
+    __slots__ = ("nbytes", "req_bytes", "channels", "cap_Bps", "solo_Bps", "disk", "latency_s", "on_done", "token",
                  "bytes_left", "rate_Bps", "mark_s", "version", "seen", "fixed", "fill_Bps")
 
     def __init__(self, nbytes: int, req_bytes: int, channels, cap_Bps: float, latency_s: float, on_done, token,
@@ -65,7 +70,9 @@ class Flow:
         self.nbytes = nbytes
         self.req_bytes = req_bytes
         self.channels: Tuple[_Channel, ...] = channels
-        self.cap_Bps = cap_Bps  # the flow alone: min over its links at its request size
+        self.cap_Bps = cap_Bps  # the flow alone: min over its links at its request size (and its disk share)
+        self.solo_Bps = cap_Bps  # without a disk share
+        self.disk = None  # the DiskShare it runs on, if any
         self.latency_s = latency_s
         self.on_done = on_done  # on_done(token) when the last byte has arrived
         self.token = token
@@ -96,16 +103,17 @@ class _Channel:
     `FlowNetwork._end`, which add and remove flows inline (the hot path)."""
 
     __slots__ = ("key", "link", "media", "curve_Bps", "reqs", "flows", "capacity_Bps", "solo_sum_Bps",
-                 "tight", "bytes", "busy", "seen", "rem_Bps", "unfrozen")
+                 "tight", "bytes", "busy", "seen", "rem_Bps", "unfrozen", "disk")
 
-    def __init__(self, key: Key, link: Link, busy: _LinkBusy):
+    def __init__(self, key: Key, link: Link, busy: _LinkBusy, disk: "DiskShare" = None):
         self.key = key
         self.link = link
-        self.media = link.is_media
+        self.disk = disk  # a disk divided by requests: never binds here (its share caps the flows)
+        self.media = link.is_media and disk is None
         self.curve_Bps: Dict[int, float] = {}  # media: request size -> B/s (np.interp is slow)
         self.reqs: Dict[int, int] = {}  # media: request size -> active flows using it
         self.flows: Dict[Flow, None] = {}  # insertion-ordered set: deterministic float sums
-        self.capacity_Bps = 0.0 if self.media else link.gbps(key[1]) * 1e9
+        self.capacity_Bps = math.inf if disk is not None else 0.0 if self.media else link.gbps(key[1]) * 1e9
         self.solo_sum_Bps = 0.0
         self.tight = False
         self.bytes = 0  # bytes of flows that crossed it
@@ -135,6 +143,7 @@ class FlowNetwork:
         self.topology = topology
         self.active = 0  # flows in the fluid phase
         self._channels: Dict[Key, _Channel] = {}
+        self._disks: Dict[str, DiskShare] = {}  # shared disks divided by requests, by link name
         self._busy: Dict[str, _LinkBusy] = {}
         self._routes: Dict[Tuple[str, str, int], Tuple[Tuple[_Channel, ...], float, float]] = {}
         self._heap: List[tuple] = []  # (finish_s, seq, flow, version)
@@ -177,6 +186,12 @@ class FlowNetwork:
         channels, cap_Bps, latency_s = route
         now = self.env.now
         f = Flow(nbytes, req_bytes, channels, cap_Bps, latency_s, on_done, token, now)
+        for ch in channels:
+            if ch.disk is not None:  # its cap is its share of the disk; the others' shares shrink
+                f.disk = ch.disk
+                ch.disk.add(f, ch.key[1], req_bytes, nbytes)
+                cap_Bps = f.cap_Bps = self._share_disk(ch.disk, f)
+                break
         loose = True
         for ch in channels:  # add f to each channel, keeping `tight` current
             flows = ch.flows
@@ -243,8 +258,33 @@ class FlowNetwork:
         ch = self._channels.get(key)
         if ch is None:
             busy = self._busy.setdefault(key[0], _LinkBusy())
-            ch = self._channels[key] = _Channel(key, self.topology.links[key[0]], busy)
+            link = self.topology.links[key[0]]
+            disk = self._disks.setdefault(key[0], DiskShare(link)) if link.by_requests else None
+            ch = self._channels[key] = _Channel(key, link, busy, disk)
         return ch
+
+    # ------------------------------------------------------------ shared disks
+    def _share_disk(self, disk: DiskShare, new) -> float:
+        """Re-cap every flow on `disk` to its share; returns `new`'s cap (None: no new flow)."""
+        out = 0.0
+        for g, cap in disk.caps():
+            if g is new:
+                out = cap
+            elif cap != g.cap_Bps:
+                self._recap(g, cap)
+        return out
+
+    def _recap(self, f: Flow, cap_Bps: float) -> None:
+        """Change a running flow's cap; its rate follows at the next recomputation."""
+        old, f.cap_Bps = f.cap_Bps, cap_Bps
+        for ch in f.channels:
+            ch.solo_sum_Bps += cap_Bps - old
+            was = ch.tight
+            ch.tight = ch.solo_sum_Bps > ch.capacity_Bps * (1.0 + _REL)
+            if was or ch.tight:
+                self._seeds[ch] = None
+        self._new.append(f)
+        self._arm_recompute()
 
     # ---------------------------------------------------------- rate changes
     def _set_rate(self, f: Flow, rate_Bps: float, now: float) -> None:
@@ -386,6 +426,9 @@ class FlowNetwork:
             elif ch.solo_sum_Bps > ch.capacity_Bps * (1.0 + _REL):
                 ch.tight = True
                 self._seeds[ch] = None
+        if f.disk is not None:  # the others' shares grow
+            f.disk.remove(f)
+            self._share_disk(f.disk, None)
         if self._seeds and not self._recompute_armed:
             self._arm_recompute()
 
