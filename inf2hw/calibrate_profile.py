@@ -121,7 +121,7 @@ def _curves(c, indent: str, tag: str) -> List[str]:
         ]
         if c.mode == "direct":  # one device queue: benchmarks/csd_disk_mix.py measured its round-robin of requests
             lines.append(f"{indent}shared_by: requests   # O_DIRECT on one disk: one request of each stream per round, "
-                         "reads and writes in one queue (inf2sim.des.disks)")
+                         "reads and writes in one queue (inf2sim/des/disks.py)")
     return lines
 
 

@@ -35,7 +35,7 @@ import torch
 
 from inf2sim.driver import RunFailure
 from inf2sim.layout import Layout
-from inf2sim.plan import Op, Span, Spill, StepPlan, Transfer
+from inf2sim.plan import Op, Span, Spill, StepPlan, Transfer, issue_class
 
 from .csd.base import CsdError, Ticket
 from .ops import OpRunner
@@ -317,8 +317,9 @@ class Engine:
 
 
 def _prefetch(op: Op) -> bool:
-    """Copies into the GPU that wait only on GPU-side events (weights, X-cache loads): they
-    leave the ready heap ahead of plan order, so a host-side wait later in a layer (a query
-    or an attention result crossing to the host) never holds back the next layers' prefetch
-    (the copy streams then run beside the compute stream, as the plan's deps allow)."""
-    return isinstance(op, Transfer) and op.dst == "gpu" and op.what in ("weights", "x")
+    """Prefetches (`inf2sim.plan.issue_class`: weights and X-cache loads into the GPU, KV
+    history loads from drives and CSD flash) leave the ready heap ahead of plan order, so a
+    host-side wait earlier in a layer (a query or an attention result crossing to the
+    host) never holds back the loads that later compute needs (the copy streams and I/O
+    threads then run beside the compute, as the plan's deps allow)."""
+    return issue_class(op) == 0

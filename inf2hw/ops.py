@@ -38,9 +38,11 @@ from . import attention as A
 from .host_attention import AttnWorkspace, attend_drive_buffer, host_attention
 from . import model as M
 from .qkv_host import HostQkvSlots
+from .stores import pinned_fits
 
 
 
+DRIVE_RELAYS = 4  # pinned relays made before the clock for FlexGen's drives (the prompt's writes lag its layers)
 IO_THREADS = 2  # drive reads / writes (DiskStore) in flight at once; the profile's ssd.io_threads
 
 
@@ -131,6 +133,12 @@ class OpRunner:
                     store.preallocate(ctx.spec.model.num_layers, wl.num_micro_batches)
             if (ctx.host_kv is not None and not ctx.host_kv.pin_memory) or ctx.disk_kv is not None or ctx.recent is not None:
                 self._give_relay(self._new_relay())  # the prompt's K,V leave through relays (`inf2hw.ops_io`)
+                if ctx.disk_kv is not None and ctx.recent is None:  # drive writes hold theirs while they run
+                    nbytes = self.relays[0][0].numel() * self.relays[0][0].element_size()
+                    for _ in range(DRIVE_RELAYS - 1):
+                        if not pinned_fits(2 * nbytes):
+                            break
+                        self._give_relay(self._new_relay())
             if ctx.host_kv is not None or ctx.disk_kv is not None or ctx.recent is not None:  # q_d2h lands pinned
                 md = ctx.spec.model
                 self.qkv_slots = HostQkvSlots.make(md.num_layers, wl.num_micro_batches, wl.micro_batch * md.num_kv_heads,
@@ -388,8 +396,12 @@ class OpRunner:
 
     # ------------------------------------------------- pinned relays (D2H of the prompt's K,V)
     def _new_relay(self) -> tuple:
+        """(K, V) pinned [rows, P, d] each; for FlexGen's drives one flat pinned buffer of the
+        same bytes, holding each drive's rows token-major (`inf2hw.ops_io._kv_drive_job`)."""
         wl, md = self.c.spec.workload, self.md
         shape = (self.c.layout.rows_total, wl.prompt_len, md.head_dim)
+        if self.c.disk_kv is not None and self.c.recent is None:
+            return (torch.empty(2 * shape[0] * shape[1] * shape[2], dtype=self.c.store_dtype, pin_memory=True),)
         return tuple(torch.empty(shape, dtype=self.c.store_dtype, pin_memory=True) for _ in range(2))
 
     def _take_relay(self) -> tuple:

@@ -52,10 +52,12 @@ def _weights(r, op: Transfer):
 class _Prompt:
     """The prompt's K,V rows [base, base + n) of one (layer, mb) on the host, kept until
     its `users` consumers (CSD stores, drive writes) have taken it; a pinned relay
-    goes back to the pool then."""
+    goes back to the pool then. `blocks`: instead of k, v, each drive's rows already
+    token-major (`DiskStore.blocks`), for drive writes that are plain pwrites."""
 
-    def __init__(self, r, key, k, v, base: int, users: int, relay=None):
+    def __init__(self, r, key, k, v, base: int, users: int, relay=None, blocks=None):
         self.r, self.key, self.k, self.v, self.base, self.users, self.relay = r, key, k, v, base, users, relay
+        self.blocks = blocks
         self.lock = threading.Lock()
 
     def release(self) -> None:
@@ -66,7 +68,7 @@ class _Prompt:
             self.r.staged.pop(self.key, None)
             if self.relay is not None:
                 self.r._give_relay(self.relay)
-            self.k = self.v = None
+            self.k = self.v = self.blocks = None
 
 
 def _kv_out(r, L: int, m: int, k, v):
@@ -89,8 +91,11 @@ def _kv_out(r, L: int, m: int, k, v):
             r.staged[key] = _Prompt(r, key, kr, vr, lo, users)
         return None
     direct = users == 0 and c.host_kv.pin_memory  # FlexGen DRAM placement, pinned store: one DMA per tensor
+    drives = users > 0 and c.recent is None  # FlexGen drives: each drive's rows token-major, made on the GPU
     if direct:
         kr, vr = _padded(kr, c.host_kv.capacity), _padded(vr, c.host_kv.capacity)
+    elif drives:
+        kr, vr = c.disk_kv.token_major(kr, vr), None  # [sum_i P * rows_i * 2 * d] on the compute stream
     else:
         kr, vr = kr.contiguous(), vr.contiguous()  # on the compute stream
     ready = torch.cuda.Event()
@@ -100,6 +105,8 @@ def _kv_out(r, L: int, m: int, k, v):
         with torch.inference_mode():
             if direct:
                 _kv_dma_job(r, L, m, kr, vr, ready, lo)
+            elif drives:
+                _kv_drive_job(r, key, kr, ready, users)
             else:
                 _kv_out_job(r, L, m, key, kr, vr, ready, lo, hi, users)
 
@@ -160,6 +167,20 @@ def _kv_out_job(r, L, m, key, kr, vr, ready, lo: int, hi: int, users: int) -> No
         r.staged[key] = _Prompt(r, key, rk, rv, lo, users, relay)
     else:
         r._give_relay(relay)
+
+
+def _kv_drive_job(r, key, flat, ready, users: int) -> None:
+    """On the D2H thread: the drives' token-major K,V (`DiskStore.token_major`, on the GPU)
+    -> a pinned relay (D2H stream), staged as one block per drive until the drive writes
+    (plain pwrites of it) are done; then the relay goes back to the pool."""
+    relay = r._take_relay()
+    dst = relay[0][: flat.numel()]  # a flat pinned relay (`OpRunner._new_relay`)
+    with torch.cuda.stream(r.d2h_stream):
+        r.d2h_stream.wait_event(ready)
+        dst.copy_(flat, non_blocking=True)
+    r.d2h_stream.synchronize()
+    P = r.c.spec.workload.prompt_len
+    r.staged[key] = _Prompt(r, key, None, None, 0, users, relay, r.c.disk_kv.blocks(dst, P))
 
 
 def _host_write(r, store, L: int, m: int, t0: int, *tensors) -> None:
@@ -236,6 +257,8 @@ def transfer(r, op: Transfer, tag: str):
 
         def write():
             try:
+                if st.blocks is not None:  # token-major already (CUDA): a plain pwrite
+                    return r.c.disk_kv.write_block(i, L, m, 0, st.blocks[i])
                 return r.c.disk_kv.write(i, L, m, 0, st.k, st.v)
             finally:
                 st.release()

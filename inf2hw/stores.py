@@ -210,13 +210,35 @@ class DiskStore:
         try:  # buf: token-major [n, rows_i, pairs, d]
             for j, t in enumerate(tensors):
                 buf[:, :, j].copy_(t[lo:hi].transpose(0, 1))  # one copy per tensor
-            data = memoryview(buf.view(torch.uint8).numpy()).cast("B")
-            off = self._base(i, layer, mb) + t0 * self._token_bytes(i)
-            self._in_parts(lambda part, at: _pwrite_all(self.fds[i], part, at, self.dirs[i]), data, off)
+            return self.write_block(i, layer, mb, t0, buf)
         finally:
             if pooled is not None:
                 self.release(i, pooled)
+
+    def write_block(self, i: int, layer: int, mb: int, t0: int, block: torch.Tensor) -> int:
+        """A contiguous token-major block [n, rows_i, pairs, d] of drive i -> positions t0..
+        by pwrite (parallel parts when large). Returns bytes."""
+        data = memoryview(block.view(torch.uint8).numpy()).cast("B")
+        off = self._base(i, layer, mb) + t0 * self._token_bytes(i)
+        self._in_parts(lambda part, at: _pwrite_all(self.fds[i], part, at, self.dirs[i]), data, off)
         return len(data)
+
+    def token_major(self, *tensors: torch.Tensor) -> torch.Tensor:
+        """tensors [rows_all, n, d] (K and V; any device) -> one contiguous 1-D tensor holding
+        each drive's rows token-major, [n, rows_i, pairs, d], drive after drive (`blocks`
+        cuts it): built where the tensors are (on a GPU, before they cross to the host), so
+        the drive writes are plain pwrites."""
+        parts = [torch.stack([t[lo:hi] for t in tensors], dim=2).transpose(0, 1).reshape(-1) for lo, hi in self.slices]
+        return torch.cat(parts)
+
+    def blocks(self, flat: torch.Tensor, n: int) -> List[torch.Tensor]:
+        """Drive i's [n, rows_i, pairs, d] view of a `token_major` tensor of n tokens, per drive."""
+        out, at = [], 0
+        for lo, hi in self.slices:
+            size = n * (hi - lo) * self.n * self.d
+            out.append(flat[at:at + size].view(n, hi - lo, self.n, self.d))
+            at += size
+        return out
 
     def read(self, i: int, layer: int, mb: int, t1: int) -> List[torch.Tensor]:
         """Positions [0, t1) of drive i's rows: [rows_i, t1, d] per stored tensor (one pread)."""

@@ -100,10 +100,13 @@ def config_label(spec: RunSpec) -> str:
 
 
 def engine_spec(spec: RunSpec, dtype: str) -> RunSpec:
-    """The spec both backends run: model bytes in the engine's dtype, every step traced."""
+    """The spec both backends run: model bytes in the engine's dtype, every step traced, and
+    FlexGen's drives unstriped (`raid_chunk_kib: 0`): the engine's drives are files, each
+    drive's share of a move one request (`inf2hw.stores.DiskStore`), not RAID0 chunks."""
     model = replace(spec.model, dtype_bytes=ITEMSIZE[dtype])
     sim = replace(spec.sim, fidelity="full", trace=True, trace_steps=-1)
-    return replace(spec, model=model, sim=sim)
+    policy = replace(spec.policy, params={**spec.policy.params, "raid_chunk_kib": 0})
+    return replace(spec, model=model, sim=sim, policy=policy)
 
 
 def _err(sim: float, meas: float) -> float:

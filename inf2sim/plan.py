@@ -162,6 +162,22 @@ class Plan:
             yield self._builder.build_step(s)  # type: ignore[attr-defined]
 
 
+def issue_class(op: Op) -> int:
+    """0 for a prefetch, 1 for any other op: the order in which ops that wait to be
+    served by one queue go (prefetches first, then plan order), in the engine's issue
+    loop (`inf2hw.engine`) and at the DES's gates (`inf2sim.des.backend`). Prefetches
+    are the copies that feed later compute and wait on nothing the host must do first:
+    weights and X-cache rows into the GPU, and KV history read from a drive or a CSD's
+    flash (a layer's history load goes ahead of an earlier layer's spill)."""
+    if not isinstance(op, Transfer):
+        return 1
+    if op.dst == "gpu" and op.what in ("weights", "x"):
+        return 0
+    if op.what == "kv" and (op.src.endswith(".ssd") or (op.src.startswith("ssd") and op.src[3:].isdigit())):
+        return 0
+    return 1
+
+
 def check_dag(step: StepPlan, done_before: Optional[set] = None) -> None:
     """Raise ValueError if an op depends on an op that is neither earlier in this
     step nor in `done_before` (names of ops of earlier steps)."""

@@ -317,14 +317,16 @@ def test_page_cache_drive_moves_take_a_share_of_the_host_cores(core_moves, want)
     assert times(be.execute(step(0, xfer("r", "ssd0", "dram", GB), gemm("g", 1.0)))) == want
 
 
-def test_moves_waiting_at_a_csd_start_in_plan_order():
+def test_moves_waiting_at_a_csd_start_in_issue_order():
     """One CSD serving one flash command at a time: load l0 (1 GB at 1 GB/s) runs from 0;
-    load l1 waits from 0; the spill, behind a 0.5 s copy, waits from 0.5. When l0 ends the
-    spill (earlier in the plan) goes first, as the engine's in-order issue loop sends it."""
+    spill sp2 waits from 0, spill sp and load l1 (behind a 0.5 s copy) from 0.5. When l0
+    ends they go as the engine's issue loop sends them, not as they became ready: the
+    load first (a prefetch), then the spills in plan order (0.25 GB at 0.5 GB/s each)."""
     from dataclasses import replace
 
     be = DesBackend(replace(TINY, csd=replace(TINY.csd, io_threads=1)))
     ops = (xfer("l0", "csd0.ssd", "csd0.fpga", GB, req=MiB), xfer("x", "dram", "gpu", GB // 2),
-           spill("sp", GB // 4, deps=("x",)), xfer("l1", "csd0.ssd", "csd0.fpga", GB, req=MiB))
+           spill("sp", GB // 4, deps=("x",)), spill("sp2", GB // 4),
+           xfer("l1", "csd0.ssd", "csd0.fpga", GB, deps=("x",), req=MiB))
     got = times(be.execute(step(0, *ops)) + be.finish())
-    assert got["sp"] == (1.0, 1.5) and got["l1"] == (1.5, 2.5)
+    assert (got["l1"], got["sp"], got["sp2"]) == ((1.0, 2.0), (2.0, 2.5), (2.5, 3.0))

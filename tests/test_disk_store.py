@@ -93,3 +93,19 @@ def test_a_large_write_goes_through_a_pooled_buffer_in_parts(tmp_path, monkeypat
         kr, vr = st.read(i, 0, 0, 37)
         assert torch.equal(kr, k[lo:hi]) and torch.equal(vr, v[lo:hi])
     st.close()
+
+
+def test_token_major_blocks_write_what_write_writes(tmp_path):
+    """The CUDA prompt path builds each drive's token-major block once (`token_major`, on
+    the GPU) and pwrites it (`write_block`): the files read back exactly as after `write`."""
+    k, v = torch.randn(7, 5, 4), torch.randn(7, 5, 4)  # [rows, tokens, d]
+    a = DiskStore([str(tmp_path / f"a{i}") for i in range(3)], 7, 9, 4, torch.float32, 2, 1)
+    b = DiskStore([str(tmp_path / f"b{i}") for i in range(3)], 7, 9, 4, torch.float32, 2, 1)
+    blocks = b.blocks(b.token_major(k, v), 5)
+    for i in range(3):
+        assert a.write(i, 1, 0, 2, k, v) == b.write_block(i, 1, 0, 2, blocks[i])
+        lo, hi = a.slices[i]
+        for x, y, ref in zip(a.read(i, 1, 0, 7), b.read(i, 1, 0, 7), (k, v)):
+            assert torch.equal(x[:, 2:], y[:, 2:]) and torch.equal(y[:, 2:], ref[lo:hi])
+    a.close()
+    b.close()

@@ -27,10 +27,10 @@ How ops map onto the model
   such moves over all drives are in service (0: no limit): the engine's drive I/O pool.
 - Likewise a copy into (out of) the GPU waits while `hw.gpu.copy_engines` copies in that
   direction are in service (0: no limit, concurrent copies share the link's bandwidth).
-- Moves waiting at one of these gates start in plan order (step, then position in the
-  step), not in the order they became ready: the engine issues ready ops in plan order
-  from a loop that blocks where the host waits on the GPU, so commands to one queue
-  arrive in plan order (a CSD's spill of layer l ahead of its load of layer l+1).
+- Moves waiting at one of these gates start prefetches first (`inf2sim.plan.issue_class`:
+  KV history loads), then in plan order (step, position in the step), not in the order
+  they became ready: the engine issues ready ops in that order from a loop that blocks
+  where the host waits on the GPU, so commands to one queue arrive in it.
 
 Deps: an op starts when every dep has completed. A dep on an op of an earlier step
 that this backend never executed (fast fidelity samples steps) counts as done. If
@@ -54,7 +54,7 @@ import math
 import heapq
 from typing import Dict, List, Optional, Set, Tuple
 
-from ..plan import DenseCompute, Op, Span, Spill, StepPlan, Transfer
+from ..plan import DenseCompute, Op, Span, Spill, StepPlan, Transfer, issue_class
 from ..rates import core_kind
 from ..specs import HardwareProfile
 from ..topology import Topology, build_topology, endpoint_node
@@ -113,7 +113,7 @@ class DesBackend:
         # (src, dst, req_bytes) -> (flow route or None when it takes no time, span resource)
         self._routes: Dict[Tuple[str, str, int], tuple] = {}
         self._t0: Dict[str, float] = {}  # transfer -> start time, kept only for recorded spans
-        # CSD flash endpoint or GPU copy direction -> [moves in service, limit, heap of moves waiting by plan position]
+        # CSD flash endpoint or GPU copy direction -> [moves in service, limit, heap of moves waiting by issue order]
         self._csd_io: Dict[str, list] = {}
         self._io_threads = hw.csd.io_threads
         self._drive_io_threads = hw.ssd.io_threads
@@ -203,7 +203,7 @@ class DesBackend:
         left = 0
         try:
             for i, op in enumerate(ops):
-                cell = [0, op, (step.step, i)]
+                cell = [0, op, (issue_class(op), step.step, i)]
                 n = 0
                 for d in op.deps:
                     if d not in pending:  # (most deps are earlier ops of this step: pending)

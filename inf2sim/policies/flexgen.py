@@ -6,7 +6,8 @@ Policies: flexgen_ssd (conventional SSDs, RAID0), flexgen_csd (the SmartSSDs use
 as plain SSDs, RAID0), flexgen_dram, flexgen_gpu. FlexGen stores a layer's cache as
 one token-major tensor, so a decode read of one micro-batch is one large request
 per drive (striped with the RAID chunk, `policy.params.raid_chunk_kib`, default
-512 KiB = the mdadm default chunk).
+512 KiB = the mdadm default chunk; 0 = unstriped drives, one request per move, as the
+real engine's drive files are read and written: `inf2hw.validate.engine_spec`).
 """
 from __future__ import annotations
 
@@ -54,6 +55,11 @@ class FlexGenBuilder(PlanBuilder):
     def chunk_bytes(self) -> int:
         return int(self.policy.params.get("raid_chunk_kib", 512)) * 1024
 
+    def request_bytes(self, move_bytes: int) -> int:
+        """Request size of one drive's share of a move: a RAID chunk, or all of it (chunk 0)."""
+        chunk = self.chunk_bytes()
+        return min(chunk, move_bytes) if chunk > 0 else move_bytes
+
     def _rows_kv_bytes(self, tokens: int, rows: int) -> int:
         return rows * tokens * 2 * self.model.head_dim * self.dt
 
@@ -67,7 +73,7 @@ class FlexGenBuilder(PlanBuilder):
         disks = self.disks()
         for i, d in enumerate(disks):
             out.append(b.add(Transfer, L, m, f"kvstore{i}", "kv", [down], src="dram", dst=d,
-                             nbytes=nbytes // len(disks), req_bytes=min(self.chunk_bytes(), nbytes // len(disks))))
+                             nbytes=nbytes // len(disks), req_bytes=self.request_bytes(nbytes // len(disks))))
         return out
 
     # ----------------------------------------------------------------- decode
@@ -91,7 +97,7 @@ class FlexGenBuilder(PlanBuilder):
         disks = self._disks
         if disks:
             per = self._rows_kv_bytes(ctx - 1, rows) // len(disks)
-            req = min(self.chunk_bytes(), per)
+            req = self.request_bytes(per)
             buf = self.buffers.wait_for("disks")
             # each drive's read waits for its write of the previous step (or the prompt's store)
             prev = f"s{s - 1}.L{L}.m{m}.kvw" if s > 1 else f"s0.L{L}.m{m}.kvstore"
