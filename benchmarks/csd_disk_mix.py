@@ -20,12 +20,18 @@ store), medians over `--steps`:
   (`calibrate_io._streams`, quick budget) at the same request sizes, in the same call.
 
 Prints one JSON object: per prompt length, ms per load / spill and GB/s (1e9 B/s).
+
+    python benchmarks/csd_disk_mix.py --model benchmarks/results/h100_s8/csd_disk_mix.json
+
+reads such a result and prints what the DES's shared-disk model (`inf2sim/des/disks.py`,
+one request of each stream per round) predicts for a spill beside the other CSDs' loads
+and for those loads, from the calibration's two aggregate rates measured in the same
+call, and from the 4-loads-at-once rate measured there instead of the calibration's.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import shutil
 import statistics
@@ -39,67 +45,80 @@ from inf2hw.csd.kvfile import KvFiles, KvGeometry, aligned_buffer
 HEAD_DIM, ITEM = 128, 2  # fp16, OPT-13B's head_dim
 
 
-def _worker(idx, directory, rows, prompt, steps, role, barrier, conn):
+def _worker(idx, directory, rows, prompt, steps, role, barrier):
     """One CSD's process: store the prompt, then per step load and/or spill as `role` says
-    (load | spill | both), in lock step with the others on `barrier`."""
-    try:
-        geom = KvGeometry(rows, 1, prompt + steps + 1, HEAD_DIM, ITEM)
-        kv = KvFiles(directory, idx, 1, geom, direct=True)
-        k = np.random.default_rng(idx).integers(0, 255, (rows, prompt * geom.token_bytes), dtype=np.uint8)
-        kv.write_rows(0, 0, 0, 0, k, k)
-        os.fsync(kv.fds[0])
-        kd, vd = aligned_buffer(rows * geom.region_bytes), aligned_buffer(rows * geom.region_bytes)
-        one = np.random.default_rng(idx).integers(0, 255, (rows, geom.token_bytes), dtype=np.uint8)
-        loads, spills = [], []
-        n = prompt
-        for _ in range(steps):
-            barrier.wait(60)
-            if role in ("load", "both"):
-                t0 = time.perf_counter()
-                kv.read_rows(0, 0, 0, rows, n, memoryview(kd), memoryview(vd))
-                loads.append(time.perf_counter() - t0)
-            if role in ("spill", "both"):
-                t0 = time.perf_counter()
-                kv.write_rows(0, 0, 0, n, one, one)
-                spills.append(time.perf_counter() - t0)
-                n += 1
-        kv.close()
-        conn.send((loads, spills))
-    except Exception as e:  # reported by the parent
-        conn.send(("error", f"{type(e).__name__}: {e}"))
+    (load | spill | both), in lock step with the others on `barrier`. Returns (load s, spill s)."""
+    geom = KvGeometry(rows, 1, prompt + steps + 1, HEAD_DIM, ITEM)
+    kv = KvFiles(directory, idx, 1, geom, direct=True)
+    k = np.random.default_rng(idx).integers(0, 255, (rows, prompt * geom.token_bytes), dtype=np.uint8)
+    kv.write_rows(0, 0, 0, 0, k, k)
+    os.fsync(kv.fds[0])
+    kd, vd = aligned_buffer(rows * geom.region_bytes), aligned_buffer(rows * geom.region_bytes)
+    one = np.random.default_rng(idx).integers(0, 255, (rows, geom.token_bytes), dtype=np.uint8)
+    loads, spills = [], []
+    n = prompt
+    for _ in range(steps):
+        barrier.wait(60)
+        if role in ("load", "both"):
+            t0 = time.perf_counter()
+            kv.read_rows(0, 0, 0, rows, n, memoryview(kd), memoryview(vd))
+            loads.append(time.perf_counter() - t0)
+        if role in ("spill", "both"):
+            t0 = time.perf_counter()
+            kv.write_rows(0, 0, 0, n, one, one)
+            spills.append(time.perf_counter() - t0)
+            n += 1
+    kv.close()
+    return loads, spills
 
 
 def _run(directory, csds, rows, prompt, steps, roles):
-    ctx = mp.get_context("fork")
-    barrier = ctx.Barrier(csds)
-    pipes, procs = [], []
-    for i in range(csds):
-        a, b = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=_worker, args=(i, directory, rows, prompt, steps, roles[i], barrier, b), daemon=True)
-        p.start()
-        pipes.append(a)
-        procs.append(p)
-    got = [c.recv() for c in pipes]
-    for p in procs:
-        p.join(30)
-    for g in got:
-        if g[0] == "error":
-            raise SystemExit(f"worker failed: {g[1]}")
-    return got
+    return calibrate_io.in_processes(_worker, [(i, directory, rows, prompt, steps, roles[i]) for i in range(csds)],
+                                     pass_barrier=True)
 
 
 def _ms(xs):
     return round(statistics.median(xs) * 1e3, 2) if xs else None
 
 
+def model(path: str) -> dict:
+    """The shared-disk model's times (ms) for `spill_beside_reads` from a result of this script."""
+    from inf2sim.des.disks import DiskShare
+    from inf2sim.topology import Link
+
+    res = json.loads(open(path).read())
+    out = {}
+    for key, r in res.items():
+        if not key.startswith("p"):
+            continue
+        req, csds, rows = int(r["req_KiB"] * 1024), res["csds"], res["rows"]
+        load_b, spill_b = r["load_MB"] * 1e6, 2 * rows * HEAD_DIM * ITEM
+        for src, read_gbps in (("calibration", r["calibration_shared_read_gbps"]),
+                               ("measured_loads", csds * r["reads_per_csd_gbps"])):
+            wr = r["calibration_shared_rmw256_gbps"]
+            disk = DiskShare(Link("disk", read_gbps, wr, 0.0, (256.0, float(req)), (read_gbps, read_gbps), (wr, wr), True))
+            flows = [type("F", (), {"solo_Bps": float("inf")})() for _ in range(csds)]
+            disk.add(flows[0], "down", 256, int(spill_b))  # the spill: 256 B payload per read-modify-write
+            for f in flows[1:]:
+                disk.add(f, "up", req, int(load_b))
+            caps = dict(disk.caps())
+            out[f"{key}_{src}"] = {"spill_ms": round(spill_b / caps[flows[0]] * 1e3, 1),
+                                   "loads_ms": round(load_b / caps[flows[1]] * 1e3, 1)}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="", help="a result of this script: print the shared-disk model's times")
     ap.add_argument("--dir", default="/tmp/inf2-mix")
     ap.add_argument("--csds", type=int, default=4)
     ap.add_argument("--rows", type=int, default=320, help="K,V rows per CSD (OPT-13B, batch 32, 4 CSDs: 320)")
     ap.add_argument("--prompts", default="512,1536")
     ap.add_argument("--steps", type=int, default=6)
     a = ap.parse_args()
+    if a.model:
+        print(json.dumps(model(a.model)))
+        return
     os.makedirs(a.dir, exist_ok=True)
     out = {"csds": a.csds, "rows": a.rows, "head_dim": HEAD_DIM, "dtype": "fp16", "steps": a.steps}
     try:

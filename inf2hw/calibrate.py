@@ -81,6 +81,7 @@ class Calibration:
     disk: Dict[str, Any] = field(default_factory=dict)  # mode -> DiskCurves
     csd: Dict[str, Any] = field(default_factory=dict)  # compute -> CsdCosts
     csd_gqa: Dict[str, Any] = field(default_factory=dict)  # compute -> CsdCosts at 4 query heads per K,V row
+    csd_together: Any = None  # (alone s, together s) per CSD context, procs torch CSDs at once (GPU hosts)
     skipped: List[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -114,7 +115,7 @@ def _steps(opts: CalibrateOptions, has_gpu: bool, hls_ok: bool) -> int:
     sizes = calibrate_io.SIZES_QUICK if opts.quick else calibrate_io.SIZES_FULL
     disk = (3 * len(sizes) + len(calibrate_io.STORE_SIZES)) * 2 * (2 if opts.procs > 1 else 1)  # modes x sizes x (read, write) x (1, N procs)
     csd = len(_csd_ctx(opts)) + 2  # store, one per context length, appends
-    return 1 + disk + 5 + 3 + 1 + csd * (3 if hls_ok else 2) + (1 if has_gpu else 0) + 3 * len(opts.models)
+    return 1 + disk + 5 + 3 + 1 + csd * (3 if hls_ok else 2) + (2 if has_gpu else 0) + 3 * len(opts.models)
 
 
 def _csd_ctx(opts: CalibrateOptions):
@@ -195,6 +196,12 @@ def measure(opts: CalibrateOptions, run_dir: Optional[str] = None, progress: boo
         comp = opts.csd_compute if opts.csd_compute in cal.csd else "torch"
         bar.set_postfix_str(f"emulated CSD ({comp}), 4 query heads per K,V row")
         cal.csd_gqa[comp] = csd(comp, 4, 3 if opts.quick else 5)
+        if dev == "cuda" and opts.procs > 1:  # CSD workers beside a GPU engine: how much they slow each other
+            bar.set_postfix_str(f"{opts.procs} emulated CSDs attending at once")
+            cal.csd_together = calibrate_csd.measure_together(
+                work, opts.dtype, 128, 64 * csd_threads, _csd_ctx(opts), opts.procs, csd_threads, 2 if opts.quick else 4,
+                direct_io="on" if opts.csd_io == "direct" else "off")
+            tick()
     finally:
         bar.close()
         shutil.rmtree(work, ignore_errors=True)
@@ -206,7 +213,9 @@ def measure(opts: CalibrateOptions, run_dir: Optional[str] = None, progress: boo
 
 def _disk(cal: Calibration, work: str, opts: CalibrateOptions, bar, tick) -> None:
     sizes = calibrate_io.SIZES_QUICK if opts.quick else calibrate_io.SIZES_FULL
-    budget, cap = (0.08, 32 << 20) if opts.quick else (0.6, 256 << 20)
+    # quick: 0.2 s / 64 MiB a point (at 0.08 s / 32 MiB, 4 O_DIRECT processes on the H100 machine's
+    # disk summed to less than one alone, 1.18 against 1.46 GB/s at 256 KiB: too short to settle)
+    budget, cap = (0.2, 64 << 20) if opts.quick else (0.6, 256 << 20)
     bar.set_postfix_str("writing disk test files")
     paths = calibrate_io.make_files(work, max(1, opts.procs, IO_THREADS),
                                     (128 << 20) if opts.quick else (512 << 20))  # >= 2 of the largest request

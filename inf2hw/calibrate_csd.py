@@ -131,6 +131,61 @@ def measure_csd(directory: str, compute: str = "torch", dtype: str = "fp32", hea
                     float(np.median(rts)) * 1e6, float(np.median(app)) * 1e6 if app else 0.0)
 
 
+def measure_together(directory: str, dtype: str = "fp16", head_dim: int = 128, rows: int = 64,
+                     ctx: Sequence[int] = (512, 2048), count: int = 4, threads: int = 1, repeat: int = 3,
+                     direct_io: str = "auto") -> Tuple[List[float], List[float]]:
+    """Median worker-side attend seconds per context of one emulated CSD alone and of `count`
+    of them attending at once (each loads first, then every attend goes out together), as
+    an `ans` decode step has them: (alone, together). The workers are the engine's
+    `EmulatedCsd` on `threads` torch threads each."""
+    import torch
+
+    from .csd.base import CsdConfig
+    from .csd.emulated import EmulatedCsd
+    from .csd.worker import TORCH_DTYPE
+
+    cap, dt = max(ctx) + 8, TORCH_DTYPE[dtype]
+    where = os.path.join(directory, f".inf2-calibrate-together-{os.getpid()}")
+    devs = []
+    try:
+        g = torch.Generator().manual_seed(0)
+        k = torch.randn(rows, cap, head_dim, generator=g).to(dt)  # [rows, cap, d]
+        q = torch.randn(rows, 1, head_dim, generator=g)  # [rows, G, d]
+        for i in range(count):
+            cfg = CsdConfig(index=i, directory=where, num_layers=1, num_micro_batches=1, rows=rows, row_lo=0,
+                            capacity_tokens=cap, head_dim=head_dim, group=1, dtype=dtype, compute="torch",
+                            direct_io=direct_io, timeout_s=120.0)
+            devs.append(EmulatedCsd(cfg, compute_threads=threads))
+        for d in devs:
+            d.wait(d.store(0, 0, (0, rows), 0, k, k))
+
+        def attends(which, n):
+            for d in which:  # loads first, so the attends run together
+                d.wait(d.send_query(0, 0, q, None))
+                d.wait(d.load(0, 0, (0, rows), n))
+            ts = [d.attend(0, 0) for d in which]
+            fs = [d.fetch(0, 0) for d in which]
+            got = [d.wait(t) for d, t in zip(which, ts)]
+            for d, f in zip(which, fs):
+                d.wait(f)
+            return [e - s for _, s, e in got]
+
+        alone, together = [], []
+        for n in ctx:
+            a_s, t_s = [], []
+            for r in range(repeat + 1):
+                x, y = attends(devs[:1], n), attends(devs, n)
+                if r:  # the first round warms the workers
+                    a_s += x
+                    t_s += y
+            alone.append(float(np.median(a_s)))
+            together.append(float(np.median(t_s)))
+        return alone, together
+    finally:
+        for d in devs:
+            d.close()
+
+
 def hls_available() -> Optional[str]:
     """None if the g++-built HLS kernel library loads here, else why not."""
     try:

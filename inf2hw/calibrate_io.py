@@ -110,8 +110,8 @@ def _one_stream(path: str, op: str, mode: str, req: int, budget_s: float, max_by
             moved += req
             off += io
             dt = time.perf_counter() - t0
-            if dt >= budget_s or moved >= max_bytes:
-                return moved, dt
+            if (dt >= budget_s or moved >= max_bytes) and (not fresh or moved >= FRESH_REQUESTS * req):
+                return moved, dt  # fresh writes: at least FRESH_REQUESTS (a first write alone ran fast)
     finally:
         os.close(fd)
         if fresh:
@@ -136,14 +136,37 @@ def _split_io(fd: int, op: str, view: memoryview, off: int) -> None:
         job.result()
 
 
-def _child(conn, path, op, mode, req, budget_s, max_bytes, barrier):
+def _proc_main(conn, fn, args, barrier, pass_barrier):
     try:
         barrier.wait(30)
-        conn.send(_one_stream(path, op, mode, req, budget_s, max_bytes))
+        conn.send(("ok", fn(*args, barrier) if pass_barrier else fn(*args)))
     except Exception as e:  # reported to the parent
         conn.send(("error", f"{type(e).__name__}: {e}"))
     finally:
         conn.close()
+
+
+def in_processes(fn, arg_lists, pass_barrier: bool = False) -> list:
+    """fn(*args) in one process per args, all started together behind a barrier (also
+    passed to fn as its last argument with `pass_barrier`, for lock-step rounds); returns
+    their results in order, or raises OSError naming a child's failure."""
+    ctx = _ctx()
+    barrier = ctx.Barrier(len(arg_lists))
+    pipes, procs = [], []
+    for args in arg_lists:
+        a, b = ctx.Pipe(duplex=False)
+        pr = ctx.Process(target=_proc_main, args=(b, fn, tuple(args), barrier, pass_barrier), daemon=True)
+        pr.start()
+        b.close()
+        pipes.append(a)
+        procs.append(pr)
+    got = [c.recv() for c in pipes]
+    for pr in procs:
+        pr.join(10)
+    for tag, val in got:
+        if tag == "error":
+            raise OSError(f"benchmark child process failed: {val}")
+    return [val for _, val in got]
 
 
 def _streams(paths: List[str], op: str, mode: str, req: int, budget_s: float, max_bytes: int) -> Tuple[float, float]:
@@ -163,23 +186,7 @@ def _streams(paths: List[str], op: str, mode: str, req: int, budget_s: float, ma
         with ThreadPoolExecutor(len(paths)) as pool:
             got = list(pool.map(stream, paths))
         return _rates(got)
-    ctx = _ctx()
-    barrier = ctx.Barrier(len(paths))
-    pipes, procs = [], []
-    for p in paths:
-        a, b = ctx.Pipe(duplex=False)
-        pr = ctx.Process(target=_child, args=(b, p, op, mode, req, budget_s, max_bytes, barrier), daemon=True)
-        pr.start()
-        b.close()
-        pipes.append(a)
-        procs.append(pr)
-    got = [c.recv() for c in pipes]
-    for pr in procs:
-        pr.join(10)
-    for g in got:
-        if g[0] == "error":
-            raise OSError(f"disk benchmark child failed: {g[1]}")
-    return _rates(got)
+    return _rates(in_processes(_one_stream, [(p, op, mode, req, budget_s, max_bytes) for p in paths]))
 
 
 def _rates(got: List[Tuple[int, float]]) -> Tuple[float, float]:

@@ -317,6 +317,13 @@ def profile_yaml(cal: Calibration, csd_count: int = 2, ssd_count: int = 2) -> st
             if gqa is not None and gqa.ctx == csd.ctx:
                 lines += _curve_lines("  attend_gqa", kib, gqa.attend_s, csd.attend_fixed_us, "host.ipc_us",
                                       f"the same with {gqa.group} query heads per K,V row ({src})")[1:]
+            if cal.csd_together is not None and csd.compute == "torch":
+                alone, together = cal.csd_together
+                lines += [f"  attend_together: {_fmt_list([t / a for a, t in zip(alone, together)])}   # median "
+                          f"attend of {cal.opts.procs} emulated CSDs attending at once / one alone, same sizes "
+                          f"(inf2hw.calibrate_csd.measure_together; {', '.join(f'{_r(t * 1e3)}' for t in together)} "
+                          f"against {', '.join(f'{_r(a * 1e3)}' for a in alone)} ms; {src})",
+                          f"  together_count: {cal.opts.procs}"]
     else:
         lines.append(f"    rate_gbps: {CYCLE_MODEL:g}   # no emulated CSD was measured: the DES uses the kernel's cycle model")
     for s in cal.skipped:

@@ -163,9 +163,9 @@ class Plan:
 
 
 def issue_class(op: Op) -> int:
-    """0 for a prefetch, 1 for any other op: the order in which ops that wait to be
-    served by one queue go (prefetches first, then plan order), in the engine's issue
-    loop (`inf2hw.engine`) and at the DES's gates (`inf2sim.des.backend`). Prefetches
+    """0 for a prefetch, 1 for any other op: within a step, the order in which ops that
+    wait to be served by one queue go (prefetches first, then plan order), in the
+    engine's issue loop (`inf2hw.engine`) and at the DES's gates (`inf2sim.des.backend`). Prefetches
     are the copies that feed later compute and wait on nothing the host must do first:
     weights and X-cache rows into the GPU, and KV history read from a drive or a CSD's
     flash (a layer's history load goes ahead of an earlier layer's spill)."""

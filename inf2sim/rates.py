@@ -40,6 +40,8 @@ import bisect
 import functools
 from typing import Union
 
+import numpy as np
+
 from .op_curves import measured_seconds, op_tokens
 from .plan import Attention, DenseCompute
 from .specs import FpgaSpec, HardwareProfile
@@ -215,6 +217,18 @@ def compute_seconds(op: ComputeOp, hw: HardwareProfile, dtype_bytes: int = 2) ->
     if hw.host.compute_scale != 1.0 and core_kind(op.device) in hw.host.core_devices:
         t *= hw.host.compute_scale
     return t
+
+
+def together_ratio(op: ComputeOp, hw: HardwareProfile) -> float:
+    """`csd.attend_together` at a CSD attention op's size (K+V KiB as the calibration sized
+    it, `accel.kv_bytes`), interpolated and held at the ends; 1 without it."""
+    if not hw.csd.attend_together or not isinstance(op, Attention):
+        return 1.0
+    from .accel import kv_bytes
+
+    rows, stored, n_tail = attention_shape(op)
+    kib = kv_bytes(rows, stored, op.head_dim, op.group, n_tail) / 1024
+    return float(np.interp(kib, hw.csd.attend_kib, hw.csd.attend_together))
 
 
 def core_kind(device: str) -> str:

@@ -298,6 +298,11 @@ class CsdSpec:
     attend_us: List[float] = field(default_factory=list)
     # The same with 4 query heads per K,V row (GQA), on the same grid (see CpuSpec.attention_gqa_us)
     attend_gqa_us: List[float] = field(default_factory=list)
+    # Emulated CSDs are processes on one host: an attend runs slower while others run beside
+    # it. together_count CSDs attending at once took attend_together x their time alone, per
+    # attend_kib size (empty: no slowdown; `inf2sim.des.devices.Interference`)
+    attend_together: List[float] = field(default_factory=list)
+    together_count: int = 0
     # Flash commands (loads, stores, spills) one CSD serves at a time, in the order they
     # come: 0 = no limit (a SmartSSD's NVMe queues serve reads and writes at once); the
     # emulated CSD's worker has one I/O thread (1).
@@ -402,6 +407,11 @@ def validate(model: ModelSpec, workload: Workload, hw: HardwareProfile, policy: 
         if len(kib) != len(us) or len(kib) == 1 or any(b <= a for a, b in zip(kib, kib[1:])):
             raise SpecError(f"hardware.{where}_kib / _us: equal lengths (0 or >= 2) and increasing sizes are "
                             f"needed, got {list(kib)} / {list(us)}")
+    if hw.csd.attend_together and (len(hw.csd.attend_together) != len(hw.csd.attend_kib) or hw.csd.together_count < 2
+                                   or any(r <= 0 for r in hw.csd.attend_together)):
+        raise SpecError(f"hardware.csd.attend_together: one positive ratio per csd.attend_kib size and "
+                        f"together_count >= 2 are needed, got {list(hw.csd.attend_together)} with together_count "
+                        f"{hw.csd.together_count}")
     for where, kib, us in (("csd.attend_gqa", hw.csd.attend_kib, hw.csd.attend_gqa_us),
                            ("cpu.attention_gqa", hw.cpu.attention_kib, hw.cpu.attention_gqa_us),
                            ("cpu.tokens_attention_gqa", hw.cpu.tokens_attention_kib, hw.cpu.tokens_attention_gqa_us)):

@@ -330,3 +330,25 @@ def test_moves_waiting_at_a_csd_start_in_issue_order():
            xfer("l1", "csd0.ssd", "csd0.fpga", GB, deps=("x",), req=MiB))
     got = times(be.execute(step(0, *ops)) + be.finish())
     assert (got["l1"], got["sp"], got["sp2"]) == ((1.0, 2.0), (2.0, 2.5), (2.5, 3.0))
+
+
+def test_emulated_csds_attending_together_slow_each_other_by_the_calibrated_ratio():
+    """Two CSDs whose attends take 1 s alone and 1.5x that when both run (`attend_together`):
+    started together both end at 1.5 s; with the second starting at 0.5 s (behind a copy),
+    the first runs alone for 0.5 s, then both at 1/1.5 until it ends at 1.25 s, and the
+    second finishes its last 0.5 s alone (1.75 s). Without the ratio each takes 1 s."""
+    from dataclasses import replace
+
+    csd = replace(TINY.csd, attend_kib=[1024, 4096], attend_us=[1e6, 1e6], attend_together=[1.5, 1.5],
+                  together_count=2)
+    hw = replace(TINY, csd_count=2, csd=csd)
+
+    def att(name, i, deps=()):
+        return Attention(name, tuple(deps), 0, 0, 0, "attn", device=f"csd{i}.fpga", rows=(0, 1), tokens=(0, 1024),
+                         stored_len=1024, head_dim=128)
+
+    assert times(DesBackend(hw).execute(step(0, att("a0", 0), att("a1", 1)))) == {"a0": (0.0, 1.5), "a1": (0.0, 1.5)}
+    got = times(DesBackend(hw).execute(step(0, att("a0", 0), xfer("x", "dram", "gpu", GB // 2), att("a1", 1, ["x"]))))
+    assert (got["a0"], got["a1"]) == ((0.0, 1.25), (0.5, 1.75))
+    plain = replace(hw, csd=replace(csd, attend_together=[], together_count=0))
+    assert times(DesBackend(plain).execute(step(0, att("a0", 0), att("a1", 1)))) == {"a0": (0.0, 1.0), "a1": (0.0, 1.0)}

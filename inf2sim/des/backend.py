@@ -18,7 +18,9 @@ How ops map onto the model
 - DenseCompute / Attention: the FIFO queue of the device the op names.
 - With `hw.host.shared_cores` > 0, the devices of `hw.host.core_devices` share that many
   host cores (processor sharing: `inf2sim.des.devices.CoreShare`); a span is then the op's
-  stretched service time. A move to or from storage named in `hw.host.core_moves` (`ssd`:
+  stretched service time. Else, with `hw.csd.attend_together`, the emulated CSDs' attention
+  ops slow each other down by the calibrated ratio (`inf2sim.des.devices.Interference`).
+  A move to or from storage named in `hw.host.core_moves` (`ssd`:
   the drives, `csd`: the CSDs' flash) is a copy on those cores (page-cache I/O): while it
   runs it takes a share of them (`CoreShare.hold`), at its own link speed.
 - A move to or from a CSD's flash (`csd{i}.ssd`) waits while that CSD already serves
@@ -27,10 +29,12 @@ How ops map onto the model
   such moves over all drives are in service (0: no limit): the engine's drive I/O pool.
 - Likewise a copy into (out of) the GPU waits while `hw.gpu.copy_engines` copies in that
   direction are in service (0: no limit, concurrent copies share the link's bandwidth).
-- Moves waiting at one of these gates start prefetches first (`inf2sim.plan.issue_class`:
-  KV history loads), then in plan order (step, position in the step), not in the order
-  they became ready: the engine issues ready ops in that order from a loop that blocks
-  where the host waits on the GPU, so commands to one queue arrive in it.
+- Moves waiting at one of these gates start in the engine's issue order, not in the order
+  they became ready here: earlier steps first (the engine issues a step's ops before the
+  next step begins, spills included), then prefetches (`inf2sim.plan.issue_class`: KV
+  history loads), then plan order. The engine's issue loop sends ready ops in that order
+  and counts a dep on the same CSD as met once sent (a load of layer l+2 goes out as soon
+  as layer l's attend is sent, ahead of layer l's spill); here deps complete first.
 
 Deps: an op starts when every dep has completed. A dep on an op of an earlier step
 that this backend never executed (fast fidelity samples steps) counts as done. If
@@ -55,10 +59,10 @@ import heapq
 from typing import Dict, List, Optional, Set, Tuple
 
 from ..plan import DenseCompute, Op, Span, Spill, StepPlan, Transfer, issue_class
-from ..rates import core_kind
+from ..rates import core_kind, together_ratio
 from ..specs import HardwareProfile
 from ..topology import Topology, build_topology, endpoint_node
-from .devices import ComputeDevice, CoreShare, make_device
+from .devices import ComputeDevice, CoreShare, Interference, make_device
 from .flows import FlowNetwork
 from .kernel import Kernel
 
@@ -100,6 +104,9 @@ class DesBackend:
         self.devices: Dict[str, ComputeDevice] = {}
         self._cores = CoreShare(self.env, hw.host.shared_cores) if hw.host.shared_cores > 0 else None
         self._core_moves = set(hw.host.core_moves) if self._cores is not None else set()
+        on_cores = self._cores is not None and "fpga" in hw.host.core_devices  # then the core share covers them
+        self._csd_share = (Interference(self.env, hw.csd.together_count, lambda op: together_ratio(op, hw))
+                           if hw.csd.attend_together and not on_cores else None)
         self._done: Set[str] = set()  # every op completed before the current step began
         self._finished: List[str] = []  # ops completed since (moved into _done by _admit)
         # op admitted, not completed -> its cell [deps still outstanding, op]; the ops
@@ -203,7 +210,7 @@ class DesBackend:
         left = 0
         try:
             for i, op in enumerate(ops):
-                cell = [0, op, (issue_class(op), step.step, i)]
+                cell = [0, op, (step.step, issue_class(op), i)]
                 n = 0
                 for d in op.deps:
                     if d not in pending:  # (most deps are earlier ops of this step: pending)
@@ -300,6 +307,8 @@ class DesBackend:
                 )
                 if self._cores is not None and core_kind(op.device) in self.hw.host.core_devices:
                     dev.cores = self._cores
+                elif self._csd_share is not None and core_kind(op.device) == "fpga":
+                    dev.cores = self._csd_share
             dev.submit(op, self._computed)
 
     def _start_move(self, op: Op) -> None:

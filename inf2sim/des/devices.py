@@ -68,7 +68,7 @@ class Device:
     def busy_union_s(self) -> float:
         return self._union_s + (self.env.now - self._busy_since_s if self._running else 0.0)
 
-    cores: Optional["CoreShare"] = None  # set when this device's ops run on shared host cores
+    cores: Optional["CoreShare"] = None  # set when this device's ops share host cores (or an Interference)
 
     def _serve(self, op: Op, on_done, was_queued: bool) -> None:
         now = self.env.now
@@ -153,6 +153,53 @@ class CoreShare:
         self._advance()
         self._ids += 1
         self._jobs[self._ids] = [work_s, fn, arg, 0]
+        self._retime()
+
+    def _done(self, key) -> None:
+        jid, version = key
+        job = self._jobs.get(jid)
+        if job is None or job[3] != version:
+            return  # re-timed since
+        self._advance()
+        del self._jobs[jid]
+        self._retime()
+        job[1](job[2])
+
+
+class Interference:
+    """Compute devices that run on one host without a shared core count (emulated CSD
+    workers beside a GPU engine, `csd.attend_together`): an op runs slower while others run
+    beside it. With k ops in service, an op whose calibrated ratio is r (its time with
+    `count` of them at once / alone, `ratio_of(op)`) progresses at 1 / (1 + (r - 1)(k - 1) /
+    (count - 1)) of its solo speed: 1 alone, 1 / r with `count` at once, in between linear in
+    the number beside it. `start(work_s, fn, arg)` as `CoreShare.start`; `arg` is the
+    device's job, whose first item is the op."""
+
+    def __init__(self, env: simpy.Environment, count: int, ratio_of):
+        self.env, self.count, self.ratio_of = env, max(2, count), ratio_of
+        self._jobs: dict = {}  # job id -> [work left (solo s), fn, arg, version, r]
+        self._mark_s = 0.0
+        self._ids = 0
+        self._call_in = call_in_for(env)
+
+    def _rate(self, r: float) -> float:
+        return 1.0 / (1.0 + (r - 1.0) * (len(self._jobs) - 1) / (self.count - 1))
+
+    def _advance(self) -> None:
+        now = self.env.now
+        for job in self._jobs.values():
+            job[0] = max(0.0, job[0] - (now - self._mark_s) * self._rate(job[4]))
+        self._mark_s = now
+
+    def _retime(self) -> None:
+        for jid, job in self._jobs.items():
+            job[3] += 1
+            self._call_in(job[0] / self._rate(job[4]), self._done, (jid, job[3]))
+
+    def start(self, work_s: float, fn, arg) -> None:
+        self._advance()
+        self._ids += 1
+        self._jobs[self._ids] = [work_s, fn, arg, 0, self.ratio_of(arg[0])]
         self._retime()
 
     def _done(self, key) -> None:
