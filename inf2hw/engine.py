@@ -125,6 +125,8 @@ class Engine:
         """Run one step; returns when every op is started and every non-spill op is done."""
         if not self.started:  # the run's clock starts with its first step (setup, e.g. CSD processes, excluded)
             self.started = True
+            if self.runner.cuda:  # setup's asynchronous copies (the embedding table's ~20 ms) end before the clock
+                torch.cuda.synchronize()
             self.t0 = time.perf_counter()
             self.clock = _CudaClock(self.now) if self.runner.cuda else None
         self.runner.step = step.step
