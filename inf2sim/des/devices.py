@@ -103,31 +103,71 @@ class Device:
             self._serve(*self._queue.popleft())
 
 
-class CoreShare:
-    """Host cores shared by the compute devices whose work is host CPU work (on a machine
-    with no GPU: the dense device, the CPU-attention thread and the emulated CSDs'
-    workers). Each op in service needs one core; while more ops than `cores` are in
-    service they share the cores equally (processor sharing), so each progresses at
-    cores / active of its solo speed. `start(work_s, fn, arg)` calls `fn(arg)` when the
-    op's solo service time `work_s` has been done. `hold(+1)` / `hold(-1)` count a copy
-    that runs on these cores without being an op of theirs (a page-cache drive read or
-    write, `host.core_moves`): it takes its share of the cores while it runs, its own
-    speed is its link's. A change of the active set re-times every op in service (few at
-    once: a handful of devices)."""
+class _Slowed:
+    """Ops whose speed depends on what else is in service (processor sharing); subclasses
+    say each op's speed now (`_speed`). `start(work_s, fn, arg)` calls `fn(arg)` when the
+    op's solo service time `work_s` has been done. A change of the active set re-times
+    every op in service (few at once: a handful of devices)."""
 
-    def __init__(self, env: simpy.Environment, cores: int):
-        if cores < 1:
-            raise ValueError(f"shared host cores: {cores} must be >= 1")
+    def __init__(self, env: simpy.Environment):
         self.env = env
-        self.cores = cores
-        self._jobs: dict = {}  # job id -> [work left (solo s), fn, arg, version]
-        self._held = 0  # copies in flight on these cores (hold)
+        self._jobs: dict = {}  # job id -> [work left (solo s), fn, arg, version, tag]
         self._mark_s = 0.0
         self._ids = 0
         self._call_in = call_in_for(env)
 
-    def _rate(self) -> float:
-        return min(1.0, self.cores / (len(self._jobs) + self._held)) if self._jobs else 1.0
+    def _speed(self, job: list) -> float:  # its fraction of solo speed now
+        raise NotImplementedError
+
+    def _tag(self, arg) -> object:  # what `_speed` needs to know of a job, fixed at its start
+        return None
+
+    def _retime(self) -> None:
+        for jid, job in self._jobs.items():
+            job[3] += 1
+            self._call_in(job[0] / self._speed(job), self._done, (jid, job[3]))
+
+    def _advance(self) -> None:
+        now = self.env.now
+        for job in self._jobs.values():
+            job[0] = max(0.0, job[0] - (now - self._mark_s) * self._speed(job))
+        self._mark_s = now
+
+    def start(self, work_s: float, fn, arg) -> None:
+        self._advance()
+        self._ids += 1
+        self._jobs[self._ids] = [work_s, fn, arg, 0, self._tag(arg)]
+        self._retime()
+
+    def _done(self, key) -> None:
+        jid, version = key
+        job = self._jobs.get(jid)
+        if job is None or job[3] != version:
+            return  # re-timed since
+        self._advance()
+        del self._jobs[jid]
+        self._retime()
+        job[1](job[2])
+
+
+class CoreShare(_Slowed):
+    """Host cores shared by the compute devices whose work is host CPU work (on a machine
+    with no GPU: the dense device, the CPU-attention thread and the emulated CSDs'
+    workers). Each op in service needs one core; while more ops than `cores` are in
+    service they share the cores equally, so each progresses at cores / active of its solo
+    speed. `hold(+1)` / `hold(-1)` count a copy that runs on these cores without being an op
+    of theirs (a page-cache drive read or write, `host.core_moves`): it takes its share of
+    the cores while it runs, its own speed is its link's."""
+
+    def __init__(self, env: simpy.Environment, cores: int):
+        if cores < 1:
+            raise ValueError(f"shared host cores: {cores} must be >= 1")
+        super().__init__(env)
+        self.cores = cores
+        self._held = 0  # copies in flight on these cores (hold)
+
+    def _speed(self, job: list) -> float:
+        return min(1.0, self.cores / (len(self._jobs) + self._held))
 
     def hold(self, delta: int) -> None:
         """A copy on these cores starts (+1) or ends (-1): the ops in service re-time."""
@@ -136,81 +176,24 @@ class CoreShare:
         if self._jobs:
             self._retime()
 
-    def _retime(self) -> None:
-        rate = self._rate()
-        for jid, job in self._jobs.items():
-            job[3] += 1
-            self._call_in(job[0] / rate, self._done, (jid, job[3]))
 
-    def _advance(self) -> None:
-        now = self.env.now
-        rate = self._rate()
-        for job in self._jobs.values():
-            job[0] = max(0.0, job[0] - (now - self._mark_s) * rate)
-        self._mark_s = now
-
-    def start(self, work_s: float, fn, arg) -> None:
-        self._advance()
-        self._ids += 1
-        self._jobs[self._ids] = [work_s, fn, arg, 0]
-        self._retime()
-
-    def _done(self, key) -> None:
-        jid, version = key
-        job = self._jobs.get(jid)
-        if job is None or job[3] != version:
-            return  # re-timed since
-        self._advance()
-        del self._jobs[jid]
-        self._retime()
-        job[1](job[2])
-
-
-class Interference:
+class Interference(_Slowed):
     """Compute devices that run on one host without a shared core count (emulated CSD
     workers beside a GPU engine, `csd.attend_together`): an op runs slower while others run
     beside it. With k ops in service, an op whose calibrated ratio is r (its time with
     `count` of them at once / alone, `ratio_of(op)`) progresses at 1 / (1 + (r - 1)(k - 1) /
     (count - 1)) of its solo speed: 1 alone, 1 / r with `count` at once, in between linear in
-    the number beside it. `start(work_s, fn, arg)` as `CoreShare.start`; `arg` is the
-    device's job, whose first item is the op."""
+    the number beside it. `arg` of `start` is the device's job, whose first item is the op."""
 
     def __init__(self, env: simpy.Environment, count: int, ratio_of):
-        self.env, self.count, self.ratio_of = env, max(2, count), ratio_of
-        self._jobs: dict = {}  # job id -> [work left (solo s), fn, arg, version, r]
-        self._mark_s = 0.0
-        self._ids = 0
-        self._call_in = call_in_for(env)
+        super().__init__(env)
+        self.count, self.ratio_of = max(2, count), ratio_of
 
-    def _rate(self, r: float) -> float:
-        return 1.0 / (1.0 + (r - 1.0) * (len(self._jobs) - 1) / (self.count - 1))
+    def _tag(self, arg) -> float:
+        return self.ratio_of(arg[0])
 
-    def _advance(self) -> None:
-        now = self.env.now
-        for job in self._jobs.values():
-            job[0] = max(0.0, job[0] - (now - self._mark_s) * self._rate(job[4]))
-        self._mark_s = now
-
-    def _retime(self) -> None:
-        for jid, job in self._jobs.items():
-            job[3] += 1
-            self._call_in(job[0] / self._rate(job[4]), self._done, (jid, job[3]))
-
-    def start(self, work_s: float, fn, arg) -> None:
-        self._advance()
-        self._ids += 1
-        self._jobs[self._ids] = [work_s, fn, arg, 0, self.ratio_of(arg[0])]
-        self._retime()
-
-    def _done(self, key) -> None:
-        jid, version = key
-        job = self._jobs.get(jid)
-        if job is None or job[3] != version:
-            return  # re-timed since
-        self._advance()
-        del self._jobs[jid]
-        self._retime()
-        job[1](job[2])
+    def _speed(self, job: list) -> float:
+        return 1.0 / (1.0 + (job[4] - 1.0) * (len(self._jobs) - 1) / (self.count - 1))
 
 
 class ComputeDevice(Device):
