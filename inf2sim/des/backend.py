@@ -210,7 +210,7 @@ class DesBackend:
         left = 0
         try:
             for i, op in enumerate(ops):
-                cell = [0, op, (step.step, issue_class(op), i)]
+                cell = [0, op, i]
                 n = 0
                 for d in op.deps:
                     if d not in pending:  # (most deps are earlier ops of this step: pending)
@@ -295,7 +295,8 @@ class DesBackend:
             gate = self._flash_gate(op)
             if gate is not None:
                 if gate[0] >= gate[1]:
-                    heapq.heappush(gate[2], (self._pending[op.name][2], op))
+                    key = (op.step, issue_class(op), self._pending[op.name][2])  # the engine's issue order
+                    heapq.heappush(gate[2], (key, op))
                     return
                 gate[0] += 1
             self._start_move(op)
@@ -331,8 +332,7 @@ class DesBackend:
 
     def _moved(self, op: Op) -> None:
         """A Transfer or Spill has ended."""
-        r = self._routes[(op.src, op.dst, op.req_bytes)]  # type: ignore[attr-defined]
-        if r[2] and op.nbytes > 0:  # type: ignore[attr-defined]
+        if self._core_moves and op.nbytes > 0 and self._routes[(op.src, op.dst, op.req_bytes)][2]:  # type: ignore
             self._cores.hold(-1)
         gate = self._flash_gate(op)
         if gate is not None:
@@ -347,6 +347,7 @@ class DesBackend:
         if self.record:
             start_s = self._t0.pop(op.name)
             if op.step <= self.record_max_step:
+                r = self._routes[(op.src, op.dst, op.req_bytes)]  # type: ignore[attr-defined]
                 self._spans.append(Span(op.name, type(op).__name__, op.what, r[1], op.step, op.layer, start_s,
                                         self.env.now, op.nbytes))  # type: ignore[attr-defined]
         self._completed(op)
