@@ -112,6 +112,11 @@ class OpRunner:
         self.dev_w: Dict[int, M.LayerWeights] = {}  # layer -> its GPU weight slot (streamed weights)
         self.fill: Dict[Tuple[int, int, int], int] = {}  # (csd, L, mb) -> token slots stored
         self.tokens: List[List[int]] = [[] for _ in range(ctx.spec.workload.batch)]
+        # token ids where the embedding runs: the prompt copied there now (before the clock), each
+        # step's next ids left there by its head, so an embed never waits on a host -> GPU copy
+        # (on a GPU such a copy queued behind the next layers' weights on the copy engine: 22 ms)
+        self.prompt_ids = ctx.prompts.to(ctx.device)  # [batch, P]
+        self.next_ids: Dict[int, torch.Tensor] = {}  # micro-batch -> [mb, 1] ids of its latest head
         self.step_logits: Dict[int, torch.Tensor] = {}  # micro-batch -> fp32 [mb, vocab] on the device, latest step
         self.step = 0
         self.cuda = str(ctx.device).startswith("cuda")
@@ -241,13 +246,9 @@ class OpRunner:
         t0, t1 = op.tokens
         dev = self.c.device
         if tag == "embed":
-            seqs = self._mb_slice(m)
-            if op.step == 0:
-                ids = self.c.prompts[seqs]
-            else:
-                ids = torch.tensor([[self.tokens[i][-1]] for i in range(seqs.start, seqs.stop)])
-            pos = torch.arange(t0, t1).expand(ids.shape[0], -1)
-            self.x[m] = M.embed(self.c.weights, ids.to(dev), pos.to(dev))
+            ids = self.prompt_ids[self._mb_slice(m)] if op.step == 0 else self.next_ids[m]  # [mb, t] on dev
+            pos = torch.arange(t0, t1, device=dev).expand(ids.shape[0], -1)
+            self.x[m] = M.embed(self.c.weights, ids, pos)
         elif tag == "qkv":
             x = self.x[m]
             self.xin[(L, m)] = x
@@ -263,7 +264,9 @@ class OpRunner:
         elif tag == "head":
             logits = M.head(self.c.weights, self.x[m][:, -1:])  # [mb, 1, vocab]
             lg = logits[:, -1].float()
-            nxt = lg.argmax(-1).tolist()  # the host needs the tokens: waits for this micro-batch's step
+            ids = lg.argmax(-1)  # [mb] on the device: the next embed's input
+            self.next_ids[m] = ids.unsqueeze(1)
+            nxt = ids.tolist()  # the host needs the tokens: waits for this micro-batch's step
             for j, i in enumerate(range(self._mb_slice(m).start, self._mb_slice(m).stop)):
                 self.tokens[i].append(int(nxt[j]))
             self.step_logits[m] = lg  # stays on the device: copied to the host once, by `last_logits`
