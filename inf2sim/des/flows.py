@@ -145,7 +145,7 @@ class FlowNetwork:
         self._channels: Dict[Key, _Channel] = {}
         self._disks: Dict[str, DiskShare] = {}  # shared disks divided by requests, by link name
         self._busy: Dict[str, _LinkBusy] = {}
-        self._routes: Dict[Tuple[str, str, int], Tuple[Tuple[_Channel, ...], float, float]] = {}
+        self._routes: Dict[Tuple[str, str, int], Tuple[Tuple[_Channel, ...], float, float, object]] = {}
         self._heap: List[tuple] = []  # (finish_s, seq, flow, version)
         self._seq = 0
         self._timer_at = math.inf
@@ -166,8 +166,9 @@ class FlowNetwork:
         return done
 
     def route(self, src: str, dst: str, req_bytes: int = 0):
-        """(channels, solo cap in B/s, summed latency in s) of a flow from node `src`
-        to node `dst` at a request size, cached; what `start_on` takes."""
+        """(channels, solo cap in B/s, summed latency in s, the channel of a disk divided by
+        requests or None) of a flow from node `src` to node `dst` at a request size, cached;
+        what `start_on` takes."""
         r = self._routes.get((src, dst, req_bytes))
         if r is None:
             topo = self.topology
@@ -175,7 +176,8 @@ class FlowNetwork:
             cap = min((ch.rate_at(req_bytes) for ch in channels), default=math.inf)
             if channels and cap <= 0:
                 raise ValueError(f"flow {src}->{dst} crosses a link with no bandwidth")
-            r = (channels, cap, topo.latency_s(src, dst))
+            disk = next((ch for ch in channels if ch.disk is not None), None)  # a disk divided by requests
+            r = (channels, cap, topo.latency_s(src, dst), disk)
             self._routes[(src, dst, req_bytes)] = r
         return r
 
@@ -183,15 +185,13 @@ class FlowNetwork:
         """Start a flow of `nbytes` (> 0) on `route` (from `route(...)`, with channels);
         `on_done(token)` is called when its last byte has arrived. The backend's
         fast path: no event object per flow."""
-        channels, cap_Bps, latency_s = route
+        channels, cap_Bps, latency_s, disk = route
         now = self.env.now
         f = Flow(nbytes, req_bytes, channels, cap_Bps, latency_s, on_done, token, now)
-        for ch in channels:
-            if ch.disk is not None:  # its cap is its share of the disk; the others' shares shrink
-                f.disk = ch.disk
-                ch.disk.add(f, ch.key[1], req_bytes, nbytes)
-                cap_Bps = f.cap_Bps = self._share_disk(ch.disk, f)
-                break
+        if disk is not None:  # its cap is its share of the disk; the others' shares shrink
+            f.disk = disk.disk
+            disk.disk.add(f, disk.key[1], req_bytes, nbytes)
+            cap_Bps = f.cap_Bps = self._share_disk(disk.disk, f)
         loose = True
         for ch in channels:  # add f to each channel, keeping `tight` current
             flows = ch.flows
