@@ -178,11 +178,12 @@ def measure(opts: CalibrateOptions, run_dir: Optional[str] = None, progress: boo
         # each CSD worker computes on the engine's share for it (inf2hw.run.csd_threads_for, procs CSDs), with
         # enough rows per call to keep those threads busy
         csd_threads = max(1, min(opts.threads, (os.cpu_count() or 1) // max(1, opts.procs)))  # procs: the CSDs
+        csd_io = "on" if opts.csd_io == "direct" else "off"
 
         def csd(compute: str, group: int, repeat: int):
             return calibrate_csd.measure_csd(work, compute, opts.dtype if compute == "torch" else "fp16", 128, group,
-                                             64 * csd_threads, _csd_ctx(opts), repeat, tick,
-                                             direct_io="on" if opts.csd_io == "direct" else "off", threads=csd_threads)
+                                             64 * csd_threads, _csd_ctx(opts), repeat, tick, direct_io=csd_io,
+                                             threads=csd_threads)
 
         for compute in (["torch"] + (["hls"] if hls_why is None else [])):
             bar.set_postfix_str(f"emulated CSD ({compute})")
@@ -200,7 +201,7 @@ def measure(opts: CalibrateOptions, run_dir: Optional[str] = None, progress: boo
             bar.set_postfix_str(f"{opts.procs} emulated CSDs attending at once")
             cal.csd_together = calibrate_csd.measure_together(
                 work, opts.dtype, 128, 64 * csd_threads, _csd_ctx(opts), opts.procs, csd_threads, 2 if opts.quick else 4,
-                direct_io="on" if opts.csd_io == "direct" else "off")
+                direct_io=csd_io)
             tick()
     finally:
         bar.close()

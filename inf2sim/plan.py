@@ -162,6 +162,14 @@ class Plan:
             yield self._builder.build_step(s)  # type: ignore[attr-defined]
 
 
+def storage_of(endpoint: str) -> str:
+    """What a plan endpoint is on storage: `ssd` for a conventional drive (`ssd3`), `csd` for
+    a CSD's flash (`csd3.ssd`), '' for anything else (memories, devices)."""
+    if endpoint.startswith("ssd") and endpoint[3:].isdigit():
+        return "ssd"
+    return "csd" if endpoint.startswith("csd") and endpoint.endswith(".ssd") else ""
+
+
 def issue_class(op: Op) -> int:
     """0 for a prefetch, 1 for any other op: within a step, the order in which ops that
     wait to be served by one queue go (prefetches first, then plan order), in the
@@ -173,7 +181,7 @@ def issue_class(op: Op) -> int:
         return 1
     if op.dst == "gpu" and op.what in ("weights", "x"):
         return 0
-    if op.what == "kv" and (op.src.endswith(".ssd") or (op.src.startswith("ssd") and op.src[3:].isdigit())):
+    if op.what == "kv" and storage_of(op.src):
         return 0
     return 1
 

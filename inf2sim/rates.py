@@ -198,12 +198,9 @@ def work_seconds(op: ComputeOp, hw: HardwareProfile, dtype_bytes: int = 2) -> fl
             cpu_Bps = _positive(hw.cpu.attention_gbps, "cpu.attention_gbps", hw) * 1e9
             return attention_kv_bytes(op, dtype_bytes) / cpu_Bps
         if is_fpga(dev):
+            if hw.csd.attend_kib:
+                return _by_group(op, hw.csd.attend_kib, hw.csd.attend_us, hw.csd.attend_gqa_us, csd_attend_bytes(op))
             rows, stored, n_tail = attention_shape(op)
-            if hw.csd.attend_kib:  # sized as the calibration sized it: accel.kv_bytes (fp16 K, V)
-                from .accel import kv_bytes
-
-                return _by_group(op, hw.csd.attend_kib, hw.csd.attend_us, hw.csd.attend_gqa_us,
-                                 kv_bytes(rows, stored, op.head_dim, op.group, n_tail))
             return fpga_attention_seconds(hw.csd.fpga, rows, stored, op.group, op.head_dim, n_tail)
         raise ValueError(f"op {op.name}: unknown compute device {dev!r}; use gpu, cpu or csd<i>.fpga")
     raise TypeError(f"op {getattr(op, 'name', op)!r} of kind {type(op).__name__} is not a compute op")
@@ -219,16 +216,21 @@ def compute_seconds(op: ComputeOp, hw: HardwareProfile, dtype_bytes: int = 2) ->
     return t
 
 
-def together_ratio(op: ComputeOp, hw: HardwareProfile) -> float:
-    """`csd.attend_together` at a CSD attention op's size (K+V KiB as the calibration sized
-    it, `accel.kv_bytes`), interpolated and held at the ends; 1 without it."""
-    if not hw.csd.attend_together or not isinstance(op, Attention):
-        return 1.0
+def csd_attend_bytes(op: Attention) -> int:
+    """A CSD attention op's size as the calibration sized the CSD's attend curves
+    (`accel.kv_bytes`: fp16 K, V plus the tail), bytes."""
     from .accel import kv_bytes
 
     rows, stored, n_tail = attention_shape(op)
-    kib = kv_bytes(rows, stored, op.head_dim, op.group, n_tail) / 1024
-    return float(np.interp(kib, hw.csd.attend_kib, hw.csd.attend_together))
+    return kv_bytes(rows, stored, op.head_dim, op.group, n_tail)
+
+
+def together_ratio(op: ComputeOp, hw: HardwareProfile) -> float:
+    """`csd.attend_together` at a CSD attention op's size (`csd_attend_bytes`), interpolated
+    and held at the ends; 1 without it."""
+    if not hw.csd.attend_together or not isinstance(op, Attention):
+        return 1.0
+    return float(np.interp(csd_attend_bytes(op) / 1024, hw.csd.attend_kib, hw.csd.attend_together))
 
 
 def core_kind(device: str) -> str:

@@ -89,7 +89,7 @@ def main() -> None:
     ap.add_argument("--png", default="", help="config label substring whose timeline.png is copied into --out")
     ap.add_argument("--resim", action="store_true",
                     help="do not run the engine: re-simulate and compare against the runs already under --work")
-    ap.add_argument("--tar", default="", help="also pack every config's emu/ (metrics, trace) into this .tgz")
+    ap.add_argument("--tar", default="", help="also pack every config's emu/ (metrics, trace, speed probes) into this .tgz")
     ap.add_argument("--no-probe", action="store_true",
                     help="simulate at the profile's host speed, not at the speed the probes around each run measured")
     a = ap.parse_args()
@@ -206,7 +206,7 @@ def main() -> None:
 
         with tarfile.open(a.tar, "w:gz") as tf:
             for r in results:
-                for f in ("metrics.json", "trace.json"):
+                for f in ("metrics.json", "trace.json", "probe.json"):  # probe.json: --resim keeps the probe scale
                     p = Path(r.out_dir) / "emu" / f
                     if p.exists():
                         tf.add(p, arcname=f"{Path(r.out_dir).name}/emu/{f}")

@@ -58,7 +58,7 @@ import math
 import heapq
 from typing import Dict, List, Optional, Set, Tuple
 
-from ..plan import DenseCompute, Op, Span, Spill, StepPlan, Transfer, issue_class
+from ..plan import DenseCompute, Op, Span, Spill, StepPlan, Transfer, issue_class, storage_of
 from ..rates import core_kind, together_ratio
 from ..specs import HardwareProfile
 from ..topology import Topology, build_topology, endpoint_node
@@ -68,13 +68,6 @@ from .kernel import Kernel
 
 
 _MOVES = (Transfer, Spill)
-
-
-def storage_of(endpoint: str) -> str:
-    """`ssd` for a drive (`ssd3`), `csd` for a CSD's flash (`csd3.ssd`), else ''."""
-    if endpoint.startswith("ssd") and endpoint[3:].isdigit():
-        return "ssd"
-    return "csd" if endpoint.startswith("csd") and endpoint.endswith(".ssd") else ""
 KV_WHATS = frozenset(("kv", "kv_new"))  # as `inf2sim.metrics.KV_WHATS`: transfers that count as KV I/O
 
 
@@ -109,7 +102,7 @@ class DesBackend:
                            if hw.csd.attend_together and not on_cores else None)
         self._done: Set[str] = set()  # every op completed before the current step began
         self._finished: List[str] = []  # ops completed since (moved into _done by _admit)
-        # op admitted, not completed -> its cell [deps still outstanding, op]; the ops
+        # op admitted, not completed -> its cell [deps still outstanding, op, position in its step]; the ops
         # waiting on a dep hold their cells, so a completion counts down without lookups
         self._pending: Dict[str, list] = {}
         self._waiters: Dict[str, List[list]] = {}  # dep name -> cells of the ops waiting on it
@@ -117,7 +110,7 @@ class DesBackend:
         self._first_gap = 0  # smallest step number not executed yet
         self._spans: List[Span] = []
         self._step_left = 0
-        # (src, dst, req_bytes) -> (flow route or None when it takes no time, span resource)
+        # (src, dst, req_bytes) -> (flow route or None when it takes no time, span resource, holds a core)
         self._routes: Dict[Tuple[str, str, int], tuple] = {}
         self._t0: Dict[str, float] = {}  # transfer -> start time, kept only for recorded spans
         # CSD flash endpoint or GPU copy direction -> [moves in service, limit, heap of moves waiting by issue order]
@@ -274,9 +267,9 @@ class DesBackend:
         src, dst = op.src, op.dst  # type: ignore[attr-defined]
         if self._io_threads > 0:
             for end in (src, dst):
-                if end.startswith("csd") and end.endswith(".ssd"):
+                if storage_of(end) == "csd":
                     return self._gate_of(end, self._io_threads)
-        if self._drive_io_threads > 0 and any(e.startswith("ssd") and e[3:].isdigit() for e in (src, dst)):
+        if self._drive_io_threads > 0 and "ssd" in (storage_of(src), storage_of(dst)):
             return self._gate_of("ssd.io", self._drive_io_threads)
         if self._copy_engines > 0 and (src == "gpu") != (dst == "gpu"):
             return self._gate_of("gpu.h2d" if dst == "gpu" else "gpu.d2h", self._copy_engines)
