@@ -320,8 +320,8 @@ def test_page_cache_drive_moves_take_a_share_of_the_host_cores(core_moves, want)
 def test_moves_waiting_at_a_csd_start_in_issue_order():
     """One CSD serving one flash command at a time: load l0 (1 GB at 1 GB/s) runs from 0;
     spill sp2 waits from 0, spill sp and load l1 (behind a 0.5 s copy) from 0.5. When l0
-    ends they go as the engine's issue loop sends them, not as they became ready: the
-    load first (a prefetch), then the spills in plan order (0.25 GB at 0.5 GB/s each)."""
+    ends they go as the engine sends them: sp2 first (sent at 0), then of the two sent at
+    0.5 the load (a prefetch), then the spill (0.25 GB at 0.5 GB/s each)."""
     from dataclasses import replace
 
     be = DesBackend(replace(TINY, csd=replace(TINY.csd, io_threads=1)))
@@ -329,7 +329,21 @@ def test_moves_waiting_at_a_csd_start_in_issue_order():
            spill("sp", GB // 4, deps=("x",)), spill("sp2", GB // 4),
            xfer("l1", "csd0.ssd", "csd0.fpga", GB, deps=("x",), req=MiB))
     got = times(be.execute(step(0, *ops)) + be.finish())
-    assert (got["l1"], got["sp"], got["sp2"]) == ((1.0, 2.0), (2.0, 2.5), (2.5, 3.0))
+    assert (got["sp2"], got["l1"], got["sp"]) == ((1.0, 1.5), (1.5, 2.5), (2.5, 3.0))
+
+
+def test_a_dep_on_the_same_csd_counts_as_met_once_sent():
+    """The engine sends a command whose deps are commands to the same in-order CSD at once:
+    spill sp (deps: load l0, on csd0) is sent at 0, load l1 (behind a 0.5 s copy) at 0.5.
+    Both wait for l0 to end at 1.0; then sp goes first, though l1 is a prefetch and was
+    ready here first."""
+    from dataclasses import replace
+
+    be = DesBackend(replace(TINY, csd=replace(TINY.csd, io_threads=1)))
+    ops = (xfer("l0", "csd0.ssd", "csd0.fpga", GB, req=MiB), xfer("x", "dram", "gpu", GB // 2),
+           spill("sp", GB // 4, deps=("l0",)), xfer("l1", "csd0.ssd", "csd0.fpga", GB, deps=("x",), req=MiB))
+    got = times(be.execute(step(0, *ops)) + be.finish())
+    assert (got["sp"], got["l1"]) == ((1.0, 1.5), (1.5, 2.5))
 
 
 def test_emulated_csds_attending_together_slow_each_other_by_the_calibrated_ratio():

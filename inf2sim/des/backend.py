@@ -31,10 +31,15 @@ How ops map onto the model
   direction are in service (0: no limit, concurrent copies share the link's bandwidth).
 - Moves waiting at one of these gates start in the engine's issue order, not in the order
   they became ready here: earlier steps first (the engine issues a step's ops before the
-  next step begins, spills included), then prefetches (`inf2sim.plan.issue_class`: KV
-  history loads), then plan order. The engine's issue loop sends ready ops in that order
-  and counts a dep on the same CSD as met once sent (a load of layer l+2 goes out as soon
-  as layer l's attend is sent, ahead of layer l's spill); here deps complete first.
+  next step begins, spills included), then by the time the engine sends them, then
+  prefetches (`inf2sim.plan.issue_class`: KV history loads), then plan order. The engine
+  counts a dep on a command to the same in-order queue as met once that command is sent:
+  an emulated CSD (the gates of `hw.csd.io_threads`) runs its commands in the order they
+  arrive, and the GPU's ops go onto streams at once (with `hw.gpu.copy_engines`). So an
+  op's send time (`_send_s`) is the latest of its step's start, its deps on the same queue
+  sent, and its other deps done: a CSD's spill of layer l (sent with layer l's query) goes
+  out ahead of the load of layer l+3 (sent with layer l+1's attend), as in the engine, although
+  here both wait for their deps to complete before they reach the gate.
 
 Deps: an op starts when every dep has completed. A dep on an op of an earlier step
 that this backend never executed (fast fidelity samples steps) counts as done. If
@@ -116,6 +121,12 @@ class DesBackend:
         # CSD flash endpoint or GPU copy direction -> [moves in service, limit, heap of moves waiting by issue order]
         self._csd_io: Dict[str, list] = {}
         self._io_threads = hw.csd.io_threads
+        # send times (`_send_s`), kept when some gate orders by them: op name -> (sent, done or None, queue)
+        self._ordered = hw.csd.io_threads > 0 or hw.ssd.io_threads > 0 or hw.gpu.copy_engines > 0
+        self._times: Dict[str, list] = {}
+        self._times_prev: Dict[str, list] = {}  # the previous step's (its spills may still run)
+        self._step_start_s = 0.0
+        self._queues: Dict[tuple, str] = {}
         self._drive_io_threads = hw.ssd.io_threads
         self._copy_engines = hw.gpu.copy_engines
         self._kv_active = 0  # decode KV transfers in flight; their union in time is kv_io_s
@@ -236,6 +247,9 @@ class DesBackend:
                     del waiters[d]
             raise
         self._step_left = left
+        if self._ordered:
+            self._times_prev, self._times = self._times, {}
+            self._step_start_s = self.env.now
         self._steps_seen.add(step.step)
         while self._first_gap in self._steps_seen:
             self._first_gap += 1
@@ -281,14 +295,47 @@ class DesBackend:
             gate = self._csd_io[key] = [0, limit, []]
         return gate
 
+    def _queue_of(self, op: Op) -> str:
+        """The in-order queue `op` is a command to ('' for none): `csd{i}` for an op on an
+        emulated CSD (its attend, or a move to or from it) when `hw.csd.io_threads` > 0; `gpu`
+        for an op on the GPU or a copy into or out of it when `hw.gpu.copy_engines` > 0."""
+        ends = (op.src, op.dst) if isinstance(op, _MOVES) else (op.device,)  # type: ignore[attr-defined]
+        q = self._queues.get(ends)
+        if q is None:
+            q = ""
+            for e in ends:
+                if self._io_threads > 0 and e.startswith("csd"):
+                    q = e.split(".")[0]
+                elif self._copy_engines > 0 and e == "gpu" and not q:
+                    q = "gpu"
+            self._queues[ends] = q
+        return q
+
+    def _send_s(self, op: Op) -> float:
+        """When the engine would send `op` (see the module docstring); every dep is done."""
+        q = self._queue_of(op)
+        t = self._step_start_s
+        cur, prev = self._times, self._times_prev
+        for d in op.deps:
+            rec = cur.get(d) or prev.get(d)
+            if rec is not None:  # else a dep of an older step: done before this step began
+                x = rec[0] if q and rec[2] == q else rec[1]
+                if x is not None and x > t:
+                    t = x
+        return t
+
     def _launch(self, op: Op) -> None:
         """Start `op` now on its flow or device (a CSD flash move may queue first);
         `_moved` / `_computed` run when it ends."""
+        if self._ordered:
+            sent = self._send_s(op)
+            self._times[op.name] = [sent, None, self._queue_of(op)]
         if isinstance(op, _MOVES):
             gate = self._flash_gate(op)
             if gate is not None:
                 if gate[0] >= gate[1]:
-                    key = (op.step, issue_class(op), self._pending[op.name][2])  # the engine's issue order
+                    # the engine's issue order
+                    key = (op.step, sent, issue_class(op), self._pending[op.name][2])  # type: ignore[possibly-undefined]
                     heapq.heappush(gate[2], (key, op))
                     return
                 gate[0] += 1
@@ -327,12 +374,6 @@ class DesBackend:
         """A Transfer or Spill has ended."""
         if self._core_moves and op.nbytes > 0 and self._routes[(op.src, op.dst, op.req_bytes)][2]:  # type: ignore
             self._cores.hold(-1)
-        gate = self._flash_gate(op)
-        if gate is not None:
-            gate[0] -= 1
-            if gate[2]:
-                gate[0] += 1
-                self._start_move(heapq.heappop(gate[2])[1])
         if op.what in KV_WHATS and op.step >= 1:
             self._kv_active -= 1
             if self._kv_active == 0:
@@ -343,7 +384,13 @@ class DesBackend:
                 r = self._routes[(op.src, op.dst, op.req_bytes)]  # type: ignore[attr-defined]
                 self._spans.append(Span(op.name, type(op).__name__, op.what, r[1], op.step, op.layer, start_s,
                                         self.env.now, op.nbytes))  # type: ignore[attr-defined]
-        self._completed(op)
+        self._completed(op)  # first: what it releases reaches its gate now, as it was sent before (module docstring)
+        gate = self._flash_gate(op)
+        if gate is not None:
+            gate[0] -= 1
+            if gate[2]:
+                gate[0] += 1
+                self._start_move(heapq.heappop(gate[2])[1])
 
     def _computed(self, op: Op, start_s: float) -> None:
         """A DenseCompute or Attention has ended; its service began at `start_s`."""
@@ -356,6 +403,10 @@ class DesBackend:
     def _completed(self, op: Op) -> None:
         """Mark `op` done, start the ops that waited only for it, count the step down."""
         name = op.name
+        if self._ordered:
+            rec = self._times.get(name) or self._times_prev.get(name)
+            if rec is not None:
+                rec[1] = self.env.now
         del self._pending[name]
         self._finished.append(name)
         waiters = self._waiters.pop(name, None)
