@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import threading
-import time
 
 import torch
 
 from inf2hw.calibrate_dense import _time_s  # median of `repeat` timed calls
-from inf2hw.calibrate_io import duplex_copies
+from inf2hw.calibrate_io import H2dStream, duplex_copies
 from inf2hw.host_attention import AttnWorkspace, host_attention
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -39,39 +37,6 @@ def copies(nbytes: int, repeat: int) -> dict:
     out["h2d_ratio"] = out["h2d_with_d2h_gbps"] / out["h2d_alone_gbps"]
     out["d2h_ratio"] = out["d2h_with_h2d_gbps"] / out["d2h_alone_gbps"]
     return out
-
-
-class WeightStream:
-    """A thread that copies a pinned host buffer to the GPU on a side stream until stopped."""
-
-    def __init__(self, nbytes: int):
-        self.h = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
-        self.d = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
-        self.s = torch.cuda.Stream()
-        self.stop = threading.Event()
-        self.bytes, self.t = 0, 0.0
-        self.th = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self):
-        t0 = time.perf_counter()
-        while not self.stop.is_set():
-            with torch.cuda.stream(self.s):
-                self.d.copy_(self.h, non_blocking=True)
-            self.s.synchronize()
-            self.bytes += self.h.numel()
-        self.t = time.perf_counter() - t0
-
-    def __enter__(self):
-        self.th.start()
-        time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.th.join()
-
-    def gbps(self) -> float:
-        return self.bytes / self.t / 1e9 if self.t else 0.0
 
 
 def attention(rows: int, ctx: int, d: int, dtype, threads: int, repeat: int, nbytes: int) -> dict:
@@ -87,7 +52,7 @@ def attention(rows: int, ctx: int, d: int, dtype, threads: int, repeat: int, nby
         host_attention(q, k, v, ws=ws)
 
     alone = _time_s(call, repeat)
-    with WeightStream(nbytes) as w:
+    with H2dStream(nbytes) as w:
         loaded = _time_s(call, repeat)
     return {"attention_kv_bytes": kv, "attention_alone_gbps": kv / alone / 1e9,
             "attention_with_h2d_gbps": kv / loaded / 1e9, "attention_ratio": alone / loaded,

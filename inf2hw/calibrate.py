@@ -171,7 +171,7 @@ def measure(opts: CalibrateOptions, run_dir: Optional[str] = None, progress: boo
             calibrate_ops.model_ops(cal, dev, opts.models, opts.quick, tick)
         probes.append(speed_probe.probe_ms())
         bar.set_postfix_str("CPU attention")
-        calibrate_dense.cpu_attention(cal, opts.quick, tick)
+        calibrate_dense.cpu_attention(cal, opts.quick, tick, dev)
         bar.set_postfix_str("engine dispatch")
         calibrate_dense.engine_dispatch(cal)
         tick()

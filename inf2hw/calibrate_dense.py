@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Tuple
 
 import numpy as np
 
-from . import calibrate_csd
+from . import calibrate_csd, calibrate_io
 
 if TYPE_CHECKING:
     from .calibrate import Calibration
@@ -294,12 +294,13 @@ def _copies(nbytes: int, total: int = 64 << 20) -> int:
 
 
 def _cpu_attention_times(pool, attend, layout: str, rows: int, d: int, ctxs, dt, repeat: int, drives: int = 1,
-                         group: int = 1):
+                         group: int = 1, beside=None):
     """(K+V bytes, median seconds) per ctx of the engine's CPU attention op on `pool`, over
     K, V laid out by row ("rows": a MemStore view [rows, :n] of a longer buffer) or by token
     ("tokens": `drives` drive read buffers [n + 16, rows / drives, 2, d], one
     `host_attention.attend_drive_buffer` call per drive as `ops._attend_drives` makes them),
-    with `group` query heads per K,V row (GQA)."""
+    with `group` query heads per K,V row (GQA). With `beside` (a context manager factory),
+    the seconds are each ctx's median inside `beside()` / its median alone, timed back to back."""
     import torch
 
     xs, ts = [], []
@@ -331,12 +332,17 @@ def _cpu_attention_times(pool, attend, layout: str, rows: int, d: int, ctxs, dt,
 
         with torch.inference_mode():
             ts.append(_time_s(call, repeat))
+            if beside is not None:
+                with beside():
+                    ts[-1] = _time_s(call, repeat) / ts[-1]
         xs.append(2 * rows * n * d * torch.empty((), dtype=dt).element_size())
     return xs, ts
 
 
-def cpu_attention(cal: "Calibration", quick: bool, tick) -> None:
-    """The engine's CPU attention call, fitted fixed + bytes / rate; and host GEMM."""
+def cpu_attention(cal: "Calibration", quick: bool, tick, dev: str = "cpu") -> None:
+    """The engine's CPU attention call, fitted fixed + bytes / rate; and host GEMM. With a
+    GPU (`dev` cuda), also how much slower it runs while pinned copies stream host -> GPU
+    (`cpu_attention_beside_dma`)."""
     import torch
 
     from concurrent.futures import ThreadPoolExecutor
@@ -379,6 +385,15 @@ def cpu_attention(cal: "Calibration", quick: bool, tick) -> None:
                     f"as read back from each of {cal.opts.ssd_count} drive files (the profile's ssd_count), each attended "
                     f"in place with the new token as the softmax tail, "
                     f"rows={rows} d={d} ctx={list(ctxs)} {cal.opts.dtype}"))
+            if layout == "rows" and dev == "cuda":
+                # the next layers' weights stream host -> GPU while a FlexGen-style decode step attends on
+                # the CPU: both read host memory (session 6: 0.73x and 0.92x of the rate alone on two hosts)
+                big = tuple(n for n in ctxs if n >= 1024)
+                xb, rb = _cpu_attention_times(pool, attend, layout, rows, d, big, dt, 5 if quick else 9,
+                                              beside=lambda: calibrate_io.H2dStream(256 << 20))
+                cal.put_series("cpu_attention_beside_dma", [x / 1024 for x in xb], rb, (
+                    f"the same calls (ctx={list(big)}) inside a loop of pinned 256 MiB host -> GPU copies on a side "
+                    f"stream / alone, back to back, medians of {5 if quick else 9}"))
             # GQA: 4 query heads per K,V row do 4x the arithmetic per byte (on a CPU that shows)
             cal.put_curve("cpu_attention_gqa" if layout == "rows" else "cpu_tokens_attention_gqa", *times(4),
                           "the same with 4 query heads per K,V row")

@@ -356,3 +356,42 @@ def h2d_first_of_two(device: str, nbytes: int, repeat: int = 5) -> float:
     run(2)
     ratios = sorted(run(2) / run(1) for _ in range(repeat))
     return ratios[len(ratios) // 2]
+
+
+class H2dStream:
+    """Context manager: a thread copying a pinned `nbytes` host buffer to the GPU on a side
+    stream, over and over, until the block ends (the weight stream of a FlexGen-style decode
+    step, beside whatever the block times). `gbps()` is what it moved per second."""
+
+    def __init__(self, nbytes: int, device: str = "cuda"):
+        import torch
+
+        self.h = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+        self.d = torch.empty(nbytes, dtype=torch.uint8, device=device)
+        self.s = torch.cuda.Stream()
+        self.stop = threading.Event()
+        self.bytes, self.t = 0, 0.0
+        self.th = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        import torch
+
+        t0 = time.perf_counter()
+        while not self.stop.is_set():
+            with torch.cuda.stream(self.s):
+                self.d.copy_(self.h, non_blocking=True)
+            self.s.synchronize()
+            self.bytes += self.h.numel()
+        self.t = time.perf_counter() - t0
+
+    def __enter__(self) -> "H2dStream":
+        self.th.start()
+        time.sleep(0.05)  # the first copies are under way
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.th.join()
+
+    def gbps(self) -> float:
+        return self.bytes / self.t / 1e9 if self.t else 0.0

@@ -221,6 +221,8 @@ def profile_yaml(cal: Calibration, csd_count: int = 2, ssd_count: int = 2) -> st
                    src),
         *_measured(cal, "cpu_tokens_attention_gqa", "  tokens_attention_gqa", v["cpu_attention_fixed_us"],
                    "op_overhead_us", src)[1:],
+        *_series(cal, "cpu_attention_beside_dma", "  beside_dma_kib", "KiB of K+V of one attention call", "_ratio",
+                 src),
         "host:",
         f"  memory_gb: {_r(_ram_gb())}   # host RAM (sysconf)",
         f"  memory_budget_gb: {_r(_ram_gb() / 2)}   # half of RAM, as the papers' default budget",

@@ -233,6 +233,15 @@ def together_ratio(op: ComputeOp, hw: HardwareProfile) -> float:
     return float(np.interp(csd_attend_bytes(op) / 1024, hw.csd.attend_kib, hw.csd.attend_together))
 
 
+def beside_dma_ratio(op: ComputeOp, hw: HardwareProfile, dtype_bytes: int = 2) -> float:
+    """`cpu.beside_dma_kib_ratio` at a cpu attention op's K+V bytes, interpolated and held
+    at the ends; 1 for any other op or without it."""
+    if not hw.cpu.beside_dma_kib or not isinstance(op, Attention) or op.device != "cpu":
+        return 1.0
+    return float(np.interp(attention_kv_bytes(op, dtype_bytes) / 1024, hw.cpu.beside_dma_kib,
+                           hw.cpu.beside_dma_kib_ratio))
+
+
 def core_kind(device: str) -> str:
     """The `host.core_devices` name of a compute device: gpu, cpu, or fpga for every CSD's."""
     return "fpga" if device.endswith(".fpga") else device

@@ -231,6 +231,11 @@ class CpuSpec:
     # with G query heads per row is interpolated between G = 1 and 4 (as the GPU's decode curves).
     attention_gqa_us: List[float] = field(default_factory=list)
     tokens_attention_gqa_us: List[float] = field(default_factory=list)
+    # On a GPU host: an attention call's time while pinned copies stream host -> GPU / alone
+    # (host memory is shared), at K+V sizes beside_dma_kib; the DES slows the cpu device's
+    # attention by it while any host <-> GPU copy runs (inf2sim.des.devices.DmaShare). Empty: no slowdown.
+    beside_dma_kib: List[float] = field(default_factory=list)
+    beside_dma_kib_ratio: List[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -407,6 +412,9 @@ def validate(model: ModelSpec, workload: Workload, hw: HardwareProfile, policy: 
         if len(kib) != len(us) or len(kib) == 1 or any(b <= a for a, b in zip(kib, kib[1:])):
             raise SpecError(f"hardware.{where}_kib / _us: equal lengths (0 or >= 2) and increasing sizes are "
                             f"needed, got {list(kib)} / {list(us)}")
+    if len(hw.cpu.beside_dma_kib) != len(hw.cpu.beside_dma_kib_ratio) or any(r <= 0 for r in hw.cpu.beside_dma_kib_ratio):
+        raise SpecError(f"hardware.cpu.beside_dma_kib_ratio: one positive ratio per cpu.beside_dma_kib size is needed, got "
+                        f"{list(hw.cpu.beside_dma_kib_ratio)} for {list(hw.cpu.beside_dma_kib)}")
     if hw.csd.attend_together and (len(hw.csd.attend_together) != len(hw.csd.attend_kib) or hw.csd.together_count < 2
                                    or any(r <= 0 for r in hw.csd.attend_together)):
         raise SpecError(f"hardware.csd.attend_together: one positive ratio per csd.attend_kib size and "

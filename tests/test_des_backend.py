@@ -366,3 +366,21 @@ def test_emulated_csds_attending_together_slow_each_other_by_the_calibrated_rati
     assert (got["a0"], got["a1"]) == ((0.0, 1.25), (0.5, 1.75))
     plain = replace(hw, csd=replace(csd, attend_together=[], together_count=0))
     assert times(DesBackend(plain).execute(step(0, att("a0", 0), att("a1", 1)))) == {"a0": (0.0, 1.0), "a1": (0.0, 1.0)}
+
+
+def test_cpu_attention_slows_while_a_host_gpu_copy_runs():
+    """`cpu.beside_dma_kib_ratio` 1.5: a CPU attention of 1 s alone (1 GB at 1 GB/s) beside a
+    0.5 s host -> GPU copy does 1/3 s of its work in the first 0.5 s, the rest at full speed:
+    it ends at 0.5 + 2/3 s. A second one after the copy, and every one without the ratio,
+    takes 1 s."""
+    from dataclasses import replace
+
+    def att(name, deps=()):
+        return Attention(name, tuple(deps), 0, 0, 0, "attn", device="cpu", rows=(0, 1), tokens=(0, 1), kv_bytes=GB)
+
+    hw = replace(TINY, cpu=replace(TINY.cpu, beside_dma_kib=[1, 1e9], beside_dma_kib_ratio=[1.5, 1.5]))
+    ops = (att("a"), xfer("w", "dram", "gpu", GB // 2), att("b", ["w"]))
+    got = times(DesBackend(hw, cpu_slots=2).execute(step(0, *ops)))
+    assert (got["a"], got["w"], got["b"]) == ((0.0, 0.5 + 2 / 3), (0.0, 0.5), (0.5, 1.5))
+    plain = times(DesBackend(TINY, cpu_slots=2).execute(step(0, *ops)))
+    assert plain["a"] == (0.0, 1.0)

@@ -61,6 +61,28 @@ def test_results_table_has_the_acceptance_columns():
     assert "| m ans | 10.000 | 10.500 | +5.0 % |" in line and line.endswith("| yes | 1.000 |")
 
 
+def test_measured_ops_are_each_ops_median_over_the_runs(tmp_path):
+    """Three runs: op a took 10, 30 and 12 ms, op b 5, 4 and 6 ms; the kept run (run1)
+    keeps its start times, each duration is the op's median (12 and 5 ms). With one run, or
+    without the median, the kept run's own spans."""
+    from inf2hw.validate import measured_ops
+    from inf2sim.metrics import write_chrome_trace
+
+    durs = {"a": (0.010, 0.030, 0.012), "b": (0.005, 0.004, 0.006)}
+    for k in range(3):
+        d = tmp_path / "emu_runs" / f"run{k}"
+        d.mkdir(parents=True)
+        write_chrome_trace([_span(n, "DenseCompute", "qkv", ds[k], start=0.1 * k) for n, ds in durs.items()],
+                           d / "trace.json")
+    (tmp_path / "emu").mkdir()
+    (tmp_path / "emu" / "trace.json").write_text((tmp_path / "emu_runs" / "run1" / "trace.json").read_text())
+    spans, n = measured_ops(tmp_path)
+    got = {s.name: (round(s.start_s, 6), round(s.dur_s, 6)) for s in spans}
+    assert n == 3 and got == {"a": (0.1, 0.012), "b": (0.1, 0.005)}
+    kept, n1 = measured_ops(tmp_path, per_op_median=False)
+    assert n1 == 1 and {s.name: round(s.dur_s, 6) for s in kept} == {"a": 0.03, "b": 0.004}
+
+
 def test_run_speed_is_the_probes_around_the_run_over_the_calibrations(tmp_path):
     from dataclasses import replace
 

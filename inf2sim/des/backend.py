@@ -64,10 +64,10 @@ import heapq
 from typing import Dict, List, Optional, Set, Tuple
 
 from ..plan import DenseCompute, Op, Span, Spill, StepPlan, Transfer, issue_class, storage_of
-from ..rates import core_kind, together_ratio
+from ..rates import beside_dma_ratio, core_kind, together_ratio
 from ..specs import HardwareProfile
 from ..topology import Topology, build_topology, endpoint_node
-from .devices import ComputeDevice, CoreShare, Interference, make_device
+from .devices import ComputeDevice, CoreShare, DmaShare, Interference, make_device
 from .flows import FlowNetwork
 from .kernel import Kernel
 
@@ -103,6 +103,8 @@ class DesBackend:
         self._cores = CoreShare(self.env, hw.host.shared_cores) if hw.host.shared_cores > 0 else None
         self._core_moves = set(hw.host.core_moves) if self._cores is not None else set()
         on_cores = self._cores is not None and "fpga" in hw.host.core_devices  # then the core share covers them
+        self._dma_share = (DmaShare(self.env, lambda op: beside_dma_ratio(op, hw, dtype_bytes))
+                           if hw.cpu.beside_dma_kib and self._cores is None else None)
         self._csd_share = (Interference(self.env, hw.csd.together_count, lambda op: together_ratio(op, hw))
                            if hw.csd.attend_together and not on_cores else None)
         self._done: Set[str] = set()  # every op completed before the current step began
@@ -257,7 +259,8 @@ class DesBackend:
 
     def _route(self, src: str, dst: str, req_bytes: int) -> tuple:
         """(flow route or None when the move takes no time, span resource, whether it holds a
-        host core while it runs) for plan endpoints, cached."""
+        host core while it runs, whether it slows the CPU's attention: a host <-> GPU copy with
+        `cpu.beside_dma_kib_ratio`) for plan endpoints, cached."""
         key = (src, dst, req_bytes)
         r = self._routes.get(key)
         if r is None:
@@ -269,7 +272,8 @@ class DesBackend:
                 nodes.append(node)
             flow = None if nodes[0] == nodes[1] else self.flows.route(nodes[0], nodes[1], req_bytes)
             store = {storage_of(e) for e in (src, dst)}
-            r = self._routes[key] = (flow, f"{src}->{dst}", flow is not None and bool(store & self._core_moves))
+            dma = flow is not None and self._dma_share is not None and {src, dst} == {"dram", "gpu"}
+            r = self._routes[key] = (flow, f"{src}->{dst}", flow is not None and bool(store & self._core_moves), dma)
         return r
 
     def _flash_gate(self, op: Op) -> Optional[list]:
@@ -350,6 +354,8 @@ class DesBackend:
                     dev.cores = self._cores
                 elif self._csd_share is not None and core_kind(op.device) == "fpga":
                     dev.cores = self._csd_share
+                elif self._dma_share is not None and op.device == "cpu":  # type: ignore[attr-defined]
+                    dev.cores = self._dma_share
             dev.submit(op, self._computed)
 
     def _start_move(self, op: Op) -> None:
@@ -363,6 +369,8 @@ class DesBackend:
             self._start_flow(r[0], op.nbytes, op.req_bytes, self._moved_cb, op)  # type: ignore[attr-defined]
             if r[2]:
                 self._cores.hold(1)
+            if r[3]:
+                self._dma_share.hold(1)
         if op.what in KV_WHATS and op.step >= 1:
             if self._kv_active == 0:
                 self._kv_since_s = self.env.now
@@ -372,8 +380,12 @@ class DesBackend:
 
     def _moved(self, op: Op) -> None:
         """A Transfer or Spill has ended."""
-        if self._core_moves and op.nbytes > 0 and self._routes[(op.src, op.dst, op.req_bytes)][2]:  # type: ignore
-            self._cores.hold(-1)
+        if op.nbytes > 0 and (self._core_moves or self._dma_share is not None):  # type: ignore[attr-defined]
+            r = self._routes[(op.src, op.dst, op.req_bytes)]  # type: ignore[attr-defined]
+            if r[2]:
+                self._cores.hold(-1)
+            if r[3]:
+                self._dma_share.hold(-1)
         if op.what in KV_WHATS and op.step >= 1:
             self._kv_active -= 1
             if self._kv_active == 0:

@@ -114,7 +114,15 @@ class _Slowed:
         self._jobs: dict = {}  # job id -> [work left (solo s), fn, arg, version, tag]
         self._mark_s = 0.0
         self._ids = 0
+        self._held = 0  # work beside the ops that slows them (`hold`): what it is, the subclass says
         self._call_in = call_in_for(env)
+
+    def hold(self, delta: int) -> None:
+        """Such work starts (+1) or ends (-1): the ops in service re-time."""
+        self._advance()
+        self._held += delta
+        if self._jobs:
+            self._retime()
 
     def _speed(self, job: list) -> float:  # its fraction of solo speed now
         raise NotImplementedError
@@ -164,17 +172,9 @@ class CoreShare(_Slowed):
             raise ValueError(f"shared host cores: {cores} must be >= 1")
         super().__init__(env)
         self.cores = cores
-        self._held = 0  # copies in flight on these cores (hold)
 
     def _speed(self, job: list) -> float:
-        return min(1.0, self.cores / (len(self._jobs) + self._held))
-
-    def hold(self, delta: int) -> None:
-        """A copy on these cores starts (+1) or ends (-1): the ops in service re-time."""
-        self._advance()
-        self._held += delta
-        if self._jobs:
-            self._retime()
+        return min(1.0, self.cores / (len(self._jobs) + self._held))  # _held: copies in flight on these cores
 
 
 class Interference(_Slowed):
@@ -194,6 +194,24 @@ class Interference(_Slowed):
 
     def _speed(self, job: list) -> float:
         return 1.0 / (1.0 + (job[4] - 1.0) * (len(self._jobs) - 1) / (self.count - 1))
+
+
+class DmaShare(_Slowed):
+    """The host CPU's ops beside host <-> GPU copies on a GPU machine (`cpu.beside_dma_kib_ratio`):
+    both use host memory, so while at least one copy runs (`hold`) an op whose calibrated
+    ratio is r (its time beside a pinned host -> GPU stream / alone, `ratio_of(op)`)
+    progresses at 1 / r of its solo speed. `arg` of `start` is the device's job, whose
+    first item is the op."""
+
+    def __init__(self, env: simpy.Environment, ratio_of):
+        super().__init__(env)
+        self.ratio_of = ratio_of
+
+    def _tag(self, arg) -> float:
+        return self.ratio_of(arg[0])
+
+    def _speed(self, job: list) -> float:
+        return 1.0 / job[4] if self._held else 1.0
 
 
 class ComputeDevice(Device):
