@@ -31,7 +31,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from .stores import READ_SPLIT_BYTES
 
@@ -371,17 +371,24 @@ class H2dStream:
         self.s = torch.cuda.Stream()
         self.stop = threading.Event()
         self.bytes, self.t = 0, 0.0
+        self.error: Optional[BaseException] = None
         self.th = threading.Thread(target=self._loop, daemon=True)
 
     def _loop(self) -> None:
         import torch
 
         t0 = time.perf_counter()
-        while not self.stop.is_set():
-            with torch.cuda.stream(self.s):
-                self.d.copy_(self.h, non_blocking=True)
-            self.s.synchronize()
-            self.bytes += self.h.numel()
+        try:
+            # the caller may time inside torch.inference_mode(), which is per thread: its tensors
+            # (these, when made there) can only be written in that mode
+            with torch.inference_mode():
+                while not self.stop.is_set():
+                    with torch.cuda.stream(self.s):
+                        self.d.copy_(self.h, non_blocking=True)
+                    self.s.synchronize()
+                    self.bytes += self.h.numel()
+        except BaseException as e:  # re-raised by __exit__: a stream that moved nothing must not time "beside" it
+            self.error = e
         self.t = time.perf_counter() - t0
 
     def __enter__(self) -> "H2dStream":
@@ -392,6 +399,8 @@ class H2dStream:
     def __exit__(self, *exc) -> None:
         self.stop.set()
         self.th.join()
+        if self.error is not None or not self.bytes:
+            raise RuntimeError(f"H2dStream: the host -> GPU copies did not run ({self.error!r})")
 
     def gbps(self) -> float:
         return self.bytes / self.t / 1e9 if self.t else 0.0

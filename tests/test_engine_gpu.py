@@ -106,3 +106,17 @@ def test_q_d2h_slots_land_the_rows_and_alternate_by_step():
     b = slots.copy(1, 0, 5, q, k, v)  # the next step: the other slot, so step 4's rows stay readable
     assert all(x.data_ptr() != y.data_ptr() for x, y in zip(a, b))
     assert all(x.data_ptr() == y.data_ptr() for x, y in zip(a, slots.copy(1, 0, 6, q, k, v)))
+
+
+def test_h2d_stream_copies_beside_inference_mode_timing():
+    """`inf2 calibrate` times the CPU attention inside torch.inference_mode() beside an
+    H2dStream made there; its thread must copy (inference mode is per thread), and a
+    stream that moved nothing raises instead of passing for a timing beside copies."""
+    import time
+
+    from inf2hw.calibrate_io import H2dStream
+
+    with torch.inference_mode():
+        with H2dStream(16 << 20) as s:
+            time.sleep(0.2)
+    assert s.bytes > 0 and s.gbps() > 0
