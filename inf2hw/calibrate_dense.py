@@ -299,8 +299,10 @@ def _cpu_attention_times(pool, attend, layout: str, rows: int, d: int, ctxs, dt,
     K, V laid out by row ("rows": a MemStore view [rows, :n] of a longer buffer) or by token
     ("tokens": `drives` drive read buffers [n + 16, rows / drives, 2, d], one
     `host_attention.attend_drive_buffer` call per drive as `ops._attend_drives` makes them),
-    with `group` query heads per K,V row (GQA). With `beside` (a context manager factory),
-    the seconds are each ctx's median inside `beside()` / its median alone, timed back to back."""
+    with `group` query heads per K,V row (GQA). With `beside` (a factory of a
+    `calibrate_io.H2dStream`), the seconds are each ctx's median time beside the stream's
+    copies / its median alone, the two timed in turn, one call each, `repeat` times (the
+    host's drift between two calls is small; between two blocks of calls it was not)."""
     import torch
 
     xs, ts = [], []
@@ -331,10 +333,18 @@ def _cpu_attention_times(pool, attend, layout: str, rows: int, d: int, ctxs, dt,
             return pool.submit(drive_calls, v).result()
 
         with torch.inference_mode():
-            ts.append(_time_s(call, repeat))
-            if beside is not None:
-                with beside():
-                    ts[-1] = _time_s(call, repeat) / ts[-1]
+            if beside is None:
+                ts.append(_time_s(call, repeat))
+            else:
+                alone, near = [], []
+                with beside() as stream:
+                    call()
+                    for _ in range(repeat):
+                        stream.pause()
+                        alone.append(_time_s(call, 1, warm=0))
+                        stream.resume()
+                        near.append(_time_s(call, 1, warm=0))
+                ts.append(float(np.median(near) / np.median(alone)))
         xs.append(2 * rows * n * d * torch.empty((), dtype=dt).element_size())
     return xs, ts
 
@@ -389,11 +399,11 @@ def cpu_attention(cal: "Calibration", quick: bool, tick, dev: str = "cpu") -> No
                 # the next layers' weights stream host -> GPU while a FlexGen-style decode step attends on
                 # the CPU: both read host memory (session 6: 0.73x and 0.92x of the rate alone on two hosts)
                 big = tuple(n for n in ctxs if n >= 1024)
-                xb, rb = _cpu_attention_times(pool, attend, layout, rows, d, big, dt, 5 if quick else 9,
+                xb, rb = _cpu_attention_times(pool, attend, layout, rows, d, big, dt, 9 if quick else 15,
                                               beside=lambda: calibrate_io.H2dStream(256 << 20))
                 cal.put_series("cpu_attention_beside_dma", [x / 1024 for x in xb], rb, (
-                    f"the same calls (ctx={list(big)}) inside a loop of pinned 256 MiB host -> GPU copies on a side "
-                    f"stream / alone, back to back, medians of {5 if quick else 9}"))
+                    f"the same calls (ctx={list(big)}) beside a loop of pinned 256 MiB host -> GPU copies on a side "
+                    f"stream / alone: median of {9 if quick else 15} calls each, timed in turn"))
             # GQA: 4 query heads per K,V row do 4x the arithmetic per byte (on a CPU that shows)
             cal.put_curve("cpu_attention_gqa" if layout == "rows" else "cpu_tokens_attention_gqa", *times(4),
                           "the same with 4 query heads per K,V row")

@@ -361,7 +361,9 @@ def h2d_first_of_two(device: str, nbytes: int, repeat: int = 5) -> float:
 class H2dStream:
     """Context manager: a thread copying a pinned `nbytes` host buffer to the GPU on a side
     stream, over and over, until the block ends (the weight stream of a FlexGen-style decode
-    step, beside whatever the block times). `gbps()` is what it moved per second."""
+    step, beside whatever the block times); `pause()` / `resume()` stop and restart the
+    copies in between, so a timing alone and one beside them can alternate. `gbps()` is
+    what it moved per second while it ran."""
 
     def __init__(self, nbytes: int, device: str = "cuda"):
         import torch
@@ -372,24 +374,38 @@ class H2dStream:
         self.stop = threading.Event()
         self.bytes, self.t = 0, 0.0
         self.error: Optional[BaseException] = None
+        self.active = threading.Event()
+        self.active.set()
         self.th = threading.Thread(target=self._loop, daemon=True)
+
+    def pause(self) -> None:
+        """Stop after the copy in flight (returns once it is done)."""
+        self.active.clear()
+        self.s.synchronize()
+        time.sleep(0.002)  # the loop's last synchronize has returned
+
+    def resume(self) -> None:
+        self.active.set()
+        time.sleep(0.005)  # copies under way again
 
     def _loop(self) -> None:
         import torch
 
-        t0 = time.perf_counter()
         try:
             # the caller may time inside torch.inference_mode(), which is per thread: its tensors
             # (these, when made there) can only be written in that mode
             with torch.inference_mode():
                 while not self.stop.is_set():
+                    if not self.active.wait(0.01):
+                        continue
+                    t1 = time.perf_counter()
                     with torch.cuda.stream(self.s):
                         self.d.copy_(self.h, non_blocking=True)
                     self.s.synchronize()
                     self.bytes += self.h.numel()
+                    self.t += time.perf_counter() - t1
         except BaseException as e:  # re-raised by __exit__: a stream that moved nothing must not time "beside" it
             self.error = e
-        self.t = time.perf_counter() - t0
 
     def __enter__(self) -> "H2dStream":
         self.th.start()

@@ -119,4 +119,10 @@ def test_h2d_stream_copies_beside_inference_mode_timing():
     with torch.inference_mode():
         with H2dStream(16 << 20) as s:
             time.sleep(0.2)
-    assert s.bytes > 0 and s.gbps() > 0
+            s.pause()
+            moved = s.bytes
+            time.sleep(0.1)
+            assert s.bytes == moved  # paused: no copies
+            s.resume()
+            time.sleep(0.1)
+    assert s.bytes > moved > 0 and s.gbps() > 0
