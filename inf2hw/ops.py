@@ -88,6 +88,16 @@ class OpRunner:
     """Holds the run's tensors and stores; executes ops (see module docstring)."""
 
     @property
+    def tokens(self) -> List[List[int]]:
+        """Each sequence's generated ids so far (copies the heads' ids to the host now)."""
+        for m, ids in self._ids_out:
+            sl = self._mb_slice(m)
+            for j, t in enumerate(ids.tolist()):
+                self._tokens[sl.start + j].append(int(t))
+        self._ids_out = []
+        return self._tokens
+
+    @property
     def last_logits(self) -> Optional[torch.Tensor]:
         """The logits that chose the last token, fp32 [batch, vocab] on the CPU (None before any head)."""
         if not self.step_logits:
@@ -111,7 +121,12 @@ class OpRunner:
         self.staged: Dict[tuple, object] = {}  # read buffers, tail scores, X loads, the prompt's K,V
         self.dev_w: Dict[int, M.LayerWeights] = {}  # layer -> its GPU weight slot (streamed weights)
         self.fill: Dict[Tuple[int, int, int], int] = {}  # (csd, L, mb) -> token slots stored
-        self.tokens: List[List[int]] = [[] for _ in range(ctx.spec.workload.batch)]
+        self._tokens: List[List[int]] = [[] for _ in range(ctx.spec.workload.batch)]
+        # each head's ids [mb] where they were made, in step order, until `tokens` is read: a
+        # head that waited for its ids on the host (`.tolist()`) held the GIL while the GPU
+        # caught up, and the D2H / I/O threads' finished copies sat behind it (a 19 ms copy of
+        # the prompt's K,V took 100 ms: it ended when the head did, on the H100, run s9a)
+        self._ids_out: List[Tuple[int, torch.Tensor]] = []
         # token ids where the embedding runs: the prompt copied there now (before the clock), each
         # step's next ids left there by its head, so an embed never waits on a host -> GPU copy
         # (on a GPU such a copy queued behind the next layers' weights on the copy engine: 22 ms)
@@ -266,9 +281,7 @@ class OpRunner:
             lg = logits[:, -1].float()
             ids = lg.argmax(-1)  # [mb] on the device: the next embed's input
             self.next_ids[m] = ids.unsqueeze(1)
-            nxt = ids.tolist()  # the host needs the tokens: waits for this micro-batch's step
-            for j, i in enumerate(range(self._mb_slice(m).start, self._mb_slice(m).stop)):
-                self.tokens[i].append(int(nxt[j]))
+            self._ids_out.append((m, ids))  # to the host when asked for (`tokens`), not now
             self.step_logits[m] = lg  # stays on the device: copied to the host once, by `last_logits`
             self.xin.pop((md.num_layers - 1, m), None)
         elif tag == "kv_regen":
