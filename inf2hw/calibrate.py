@@ -47,7 +47,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -99,11 +99,26 @@ class Calibration:
         self.how[key] = how
 
     def put_op_curve(self, what: str, model: str, flops_per_token: float, tokens: List[int], us: List[float],
-                     how: str, group: int = 1, head_dim: int = 0) -> None:
-        """One op of one model over tokens (calibrate_ops; the profile's gpu.op_curves)."""
+                     how: str, group: int = 1, head_dim: int = 0, probe_ms: Sequence[float] = ()) -> None:
+        """One op of one model over tokens (calibrate_ops; the profile's gpu.op_curves).
+        `probe_ms`: the speed probe beside each point (on the host's cores), for
+        `scale_to_probe`; empty where none was taken (a GPU's ops)."""
         self.op_curves.append({"what": what, "model": model, "flops_per_token": float(flops_per_token),
                                "group": int(group), "head_dim": int(head_dim), "tokens": [int(t) for t in tokens],
-                               "us": [float(u) for u in us], "how": how})
+                               "us": [float(u) for u in us], "how": how, "probe_ms": [float(p) for p in probe_ms]})
+
+    def scale_to_probe(self, probe_ms: float) -> None:
+        """Each op-curve point with a probe beside it, times probe_ms / that probe: the curves
+        then describe the host at the speed the profile's `host.probe_ms` says, whichever
+        window of a drifting host each point was timed in."""
+        for c in self.op_curves:
+            ps = c.pop("probe_ms", [])
+            if not ps or probe_ms <= 0:
+                continue
+            f = [probe_ms / p for p in ps]
+            c["us"] = [u * k for u, k in zip(c["us"], f)]
+            c["how"] += (f", each point x the calibration's probe / the probe beside it "
+                         f"({min(f):.2f}-{max(f):.2f})")
 
     def put_curve(self, key: str, nbytes: List[float], seconds: List[float], how: str) -> None:
         """Median times of one call at several sizes (the profile's measured curves)."""
@@ -189,10 +204,14 @@ def measure(opts: CalibrateOptions, run_dir: Optional[str] = None, progress: boo
             bar.set_postfix_str(f"emulated CSD ({compute})")
             cal.csd[compute] = csd(compute, 1, 5 if opts.quick else 9)
         probes.append(speed_probe.probe_ms())
-        cal.put("probe_ms", float(np.mean(probes)), "mean of inf2hw.speed_probe's median (5 probes: a 512-wide OPT "
-                f"block of 256 tokens and 4 GEMVs over 16 MB weights, on {opts.threads} torch thread(s)) before the "
-                f"dense-device benchmarks, before the CPU-attention ones and after the emulated CSD's "
-                f"({', '.join(f'{x:.1f}' for x in probes)} ms)")
+        near = [p for c in cal.op_curves for p in c["probe_ms"]]
+        cal.put("probe_ms", float(np.median(probes + near)) if near else float(np.mean(probes)), (
+            "mean of " if not near else f"median of the {len(near)} probes beside the model op curves' points and ")
+            + "inf2hw.speed_probe's median (5 probes: a 512-wide OPT "
+            f"block of 256 tokens and 4 GEMVs over 16 MB weights, on {opts.threads} torch thread(s)) before the "
+            f"dense-device benchmarks, before the CPU-attention ones and after the emulated CSD's "
+            f"({', '.join(f'{x:.1f}' for x in probes)} ms)")
+        cal.scale_to_probe(cal.values["probe_ms"])
         # GQA: the profile's compute again with 4 query heads per K,V row (csd.attend_gqa_us)
         comp = opts.csd_compute if opts.csd_compute in cal.csd else "torch"
         bar.set_postfix_str(f"emulated CSD ({comp}), 4 query heads per K,V row")

@@ -20,13 +20,16 @@ Units: seconds measured, written as us beyond the fixed cost; tokens.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Callable, List, Tuple
+from typing import TYPE_CHECKING, Callable, List, Tuple, TypeVar
 
 import numpy as np
+
+from . import speed_probe
 
 if TYPE_CHECKING:
     from .calibrate import Calibration
 
+T = TypeVar("T")
 SEQS = 4  # sequences of the timed batch (the validation sweep's micro-batch on the CPU)
 
 
@@ -83,6 +86,20 @@ def model_ops(cal: "Calibration", dev: str, names, quick: bool, tick) -> None:
     dt = DTYPES[cal.opts.dtype]
     gpu = dev.startswith("cuda")
     sync = torch.cuda.synchronize if gpu else (lambda: None)
+    # on the host's cores, the speed probe right before and after every point (`beside`):
+    # `calibrate.measure` scales each point to the calibration's probe speed (a 2-core VM drifts
+    # 10-25 % between 12-second windows; two calibrations 15 minutes apart whose probes agreed
+    # timed these curves 1.2-1.5x apart, sweep local_v)
+    probes: List[float] = []
+
+    def beside(measure: Callable[[], T]) -> T:
+        if gpu:
+            return measure()
+        p0 = float(np.median(speed_probe.probe_samples(3)))
+        out = measure()
+        probes.append((p0 + float(np.median(speed_probe.probe_samples(3)))) / 2)
+        return out
+
     fixed_s = cal.values["dense_op_us"] * 1e-6
     budget = 0.2 if quick else 0.6
     max_tok = (8192 if quick else 32768) if gpu else (512 if quick else 2048)
@@ -95,6 +112,7 @@ def model_ops(cal: "Calibration", dev: str, names, quick: bool, tick) -> None:
         w = M.init_random(replace(md, num_layers=n_layers), dtype=dt, device=dev)
         grid = token_grid(max_tok)
         qkv_us, post_us = [], []
+        probes.clear()
         for t in grid:
             b, p = _shape(t)
             x = torch.randn(b, p, md.hidden, device=dev).to(dt)  # [b, p, hidden]
@@ -107,39 +125,44 @@ def model_ops(cal: "Calibration", dev: str, names, quick: bool, tick) -> None:
                 fns = []
                 for lw in w.layers:
                     fns += [lambda lw=lw: M.qkv(lw, md, x, pos, rope), lambda lw=lw: M.post(lw, md, x, att)]
-                ts = _alternating_s(fns, sync, budget * n_layers)
+                ts = beside(lambda: _alternating_s(fns, sync, budget * n_layers))
             qkv_us.append(work(float(np.median(ts[0::2]))))
             post_us.append(work(float(np.median(ts[1::2]))))
         how = (f"median of the engine's model.{{}} on {name}'s layer shape, [b x p] tokens (b = {SEQS} where it "
                f"divides), called as a step does (qkv, post, next layer) over {n_layers} layers' weights, "
                f"{cal.opts.dtype} on {dev}, less dense_op_us")
-        cal.put_op_curve("qkv", name, md.dense_flops_per_token("qkv"), grid, qkv_us, how.format("qkv"))
-        cal.put_op_curve("post", name, md.dense_flops_per_token("post"), grid, post_us, how.format("post"))
+        cal.put_op_curve("qkv", name, md.dense_flops_per_token("qkv"), grid, qkv_us, how.format("qkv"), probe_ms=probes)
+        cal.put_op_curve("post", name, md.dense_flops_per_token("post"), grid, post_us, how.format("post"),
+                         probe_ms=probes)
         tick()
         hgrid = token_grid(256)
         head_us = []
+        probes.clear()
         for b in hgrid:
             x = torch.randn(b, 1, md.hidden, device=dev).to(dt)
             with torch.inference_mode():
-                head_us.append(work(_alternating_s([lambda: M.head(w, x)[:, -1].float().argmax(-1).tolist()], sync,
-                                                   budget)[0]))
+                head_us.append(work(beside(lambda: _alternating_s(
+                    [lambda: M.head(w, x)[:, -1].float().argmax(-1).tolist()], sync, budget)[0])))
         cal.put_op_curve("head", name, md.dense_flops_per_token("head"), hgrid, head_us,
                          f"median of the engine's model.head on the last position of b sequences of {name}, then "
-                         f"the argmax it takes to the host, {cal.opts.dtype} on {dev}, less dense_op_us")
+                         f"the argmax it takes to the host, {cal.opts.dtype} on {dev}, less dense_op_us",
+                         probe_ms=probes)
         w = None  # free this model before the next
         tick()
         pgrid = [p for p in token_grid(max_p) if p >= 16]
         rows = SEQS * md.num_kv_heads
         att_us = []
+        probes.clear()
         for p in pgrid:
             q = torch.randn(SEQS, md.num_heads, p, md.head_dim, device=dev).to(dt)  # [b, heads, P, d]
             k = torch.randn(SEQS, md.num_kv_heads, p, md.head_dim, device=dev).to(dt)  # [b, kv_heads, P, d]
             v = torch.randn_like(k)
             with torch.inference_mode():
-                att_us.append(work(_alternating_s([lambda: M.prefill_attention(q, k, v)], sync, budget)[0]) / rows)
+                att_us.append(work(beside(lambda: _alternating_s([lambda: M.prefill_attention(q, k, v)], sync,
+                                                                 budget)[0])) / rows)
         cal.put_op_curve("prefill_attention", name, 0.0, pgrid, att_us,
                          f"median of the engine's model.prefill_attention, {SEQS} sequences of {name}'s heads "
                          f"({md.num_heads} / {md.num_kv_heads} KV, d {md.head_dim}) over a P-token prompt, "
                          f"{cal.opts.dtype} on {dev}, less dense_op_us, per K,V row",
-                         group=md.group_size, head_dim=md.head_dim)
+                         group=md.group_size, head_dim=md.head_dim, probe_ms=probes)
         tick()

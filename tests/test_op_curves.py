@@ -88,6 +88,14 @@ def test_calibrate_ops_times_the_engine_ops_of_a_model():
         assert len(c["tokens"]) == len(c["us"]) >= 4 and all(u >= 0 for u in c["us"])
     # the big prompt costs more than the small one (timings, not constants)
     assert cal.op_curves[1]["us"][-1] > cal.op_curves[1]["us"][0]
+    # on a CPU each point has the speed probe beside it; scaled to a reference probe, a point
+    # timed while the probe read 10 % slow comes out 10 % faster
+    assert all(len(c["probe_ms"]) == len(c["us"]) and min(c["probe_ms"]) > 0 for c in cal.op_curves)
+    c0 = cal.op_curves[0]
+    ref, us, ps = c0["probe_ms"][0] * 1.1, list(c0["us"]), list(c0["probe_ms"])
+    cal.scale_to_probe(ref)
+    assert c0["us"] == pytest.approx([u * ref / p for u, p in zip(us, ps)]) and "probe_ms" not in c0
+    assert "the probe beside it" in c0["how"]
     lines = _op_curves(cal, "src")
     assert lines[0].startswith("  op_curves:") and all("#" in ln for ln in lines[1:])
 
