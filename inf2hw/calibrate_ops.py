@@ -9,7 +9,7 @@ engine's own functions and random weights:
                      them (qkv, post, next layer) over enough layers' weights that each call
                      reads its weights from memory;
   head               `model.head` on the last position of 1 .. 256 sequences, then the argmax
-                     the engine takes;
+                     the engine takes (its ids stay on the device);
   prefill_attention  `model.prefill_attention` of a 4-sequence prompt of 16 .. max length,
                      per K,V row (4 x KV heads).
 Each becomes an `OpCurve` of the profile (`gpu.op_curves`), which `inf2sim.op_curves` uses
@@ -89,7 +89,7 @@ def model_ops(cal: "Calibration", dev: str, names, quick: bool, tick) -> None:
     # on the host's cores, the speed probe right before and after every point (`beside`):
     # `calibrate.measure` scales each point to the calibration's probe speed (a 2-core VM drifts
     # 10-25 % between 12-second windows; two calibrations 15 minutes apart whose probes agreed
-    # timed these curves 1.2-1.5x apart, sweep local_v)
+    # timed these curves 1.12-1.68x apart, sweep local_v)
     probes: List[float] = []
 
     def beside(measure: Callable[[], T]) -> T:
@@ -142,10 +142,10 @@ def model_ops(cal: "Calibration", dev: str, names, quick: bool, tick) -> None:
             x = torch.randn(b, 1, md.hidden, device=dev).to(dt)
             with torch.inference_mode():
                 head_us.append(work(beside(lambda: _alternating_s(
-                    [lambda: M.head(w, x)[:, -1].float().argmax(-1).tolist()], sync, budget)[0])))
+                    [lambda: M.head(w, x)[:, -1].float().argmax(-1)], sync, budget)[0])))
         cal.put_op_curve("head", name, md.dense_flops_per_token("head"), hgrid, head_us,
                          f"median of the engine's model.head on the last position of b sequences of {name}, then "
-                         f"the argmax it takes to the host, {cal.opts.dtype} on {dev}, less dense_op_us",
+                         f"the argmax it takes (left on the device), {cal.opts.dtype} on {dev}, less dense_op_us",
                          probe_ms=probes)
         w = None  # free this model before the next
         tick()
