@@ -331,6 +331,7 @@ class DesBackend:
     def _launch(self, op: Op) -> None:
         """Start `op` now on its flow or device (a CSD flash move may queue first);
         `_moved` / `_computed` run when it ends."""
+        sent = 0.0  # gates exist only where `_ordered`
         if self._ordered:
             sent = self._send_s(op)
             self._times[op.name] = [sent, None, self._queue_of(op)]
@@ -338,8 +339,7 @@ class DesBackend:
             gate = self._flash_gate(op)
             if gate is not None:
                 if gate[0] >= gate[1]:
-                    # the engine's issue order
-                    key = (op.step, sent, issue_class(op), self._pending[op.name][2])  # type: ignore[possibly-undefined]
+                    key = (op.step, sent, issue_class(op), self._pending[op.name][2])  # the engine's issue order
                     heapq.heappush(gate[2], (key, op))
                     return
                 gate[0] += 1
