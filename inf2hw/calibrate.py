@@ -22,7 +22,8 @@ What is measured, and where it goes in the profile
   model ops      with calibrate.models: the engine's qkv, post, head and prompt attention of
                  each named model over tokens (`calibrate_ops`) -> gpu.op_curves, which
                  the DES uses for ops of exactly those shapes.
-  speed probe    `speed_probe.probe_ms` three times during the run -> host.probe_ms: what
+  speed probe    `speed_probe.probe_ms` three times during the run (and, on a CPU host, beside
+                 every model op-curve point) -> host.probe_ms: what
                  `inf2 validate` compares the host's speed around each run with.
   engine         the engine's own dispatch cost per op (`engine_dispatch`) -> added to
                  every op's fixed cost (launch, link latency, ipc), since the simulator
@@ -88,6 +89,7 @@ class Calibration:
     curves: Dict[str, Any] = field(default_factory=dict)  # name -> {"bytes": [...], "seconds": [...]} medians
     series: Dict[str, Any] = field(default_factory=dict)  # name -> (xs, ys): other measured curves
     op_curves: List[Dict[str, Any]] = field(default_factory=list)  # inf2sim.specs.OpCurve fields + "how"
+    near_probes: List[float] = field(default_factory=list)  # ms: the speed probe beside each timed op-curve point
 
     def put(self, key: str, value: float, how: str) -> None:
         self.values[key] = float(value)
@@ -204,13 +206,15 @@ def measure(opts: CalibrateOptions, run_dir: Optional[str] = None, progress: boo
             bar.set_postfix_str(f"emulated CSD ({compute})")
             cal.csd[compute] = csd(compute, 1, 5 if opts.quick else 9)
         probes.append(speed_probe.probe_ms())
-        near = [p for c in cal.op_curves for p in c["probe_ms"]]
-        cal.put("probe_ms", float(np.median(probes + near)) if near else float(np.mean(probes)), (
-            "mean of " if not near else f"median of the {len(near)} probes beside the model op curves' points and ")
-            + "inf2hw.speed_probe's median (5 probes: a 512-wide OPT "
-            f"block of 256 tokens and 4 GEMVs over 16 MB weights, on {opts.threads} torch thread(s)) before the "
-            f"dense-device benchmarks, before the CPU-attention ones and after the emulated CSD's "
-            f"({', '.join(f'{x:.1f}' for x in probes)} ms)")
+        near = cal.near_probes
+        what = (f"inf2hw.speed_probe's median (5 probes: a 512-wide OPT block of 256 tokens and 4 GEMVs over 16 MB "
+                f"weights, on {opts.threads} torch thread(s)) before the dense-device benchmarks, before the "
+                f"CPU-attention ones and after the emulated CSD's ({', '.join(f'{x:.1f}' for x in probes)} ms)")
+        if near:
+            cal.put("probe_ms", float(np.median(probes + near)),
+                    f"median of the {len(near)} probes beside the model op curves' points and of {what}")
+        else:
+            cal.put("probe_ms", float(np.mean(probes)), f"mean of {what}")
         cal.scale_to_probe(cal.values["probe_ms"])
         # GQA: the profile's compute again with 4 query heads per K,V row (csd.attend_gqa_us)
         comp = opts.csd_compute if opts.csd_compute in cal.csd else "torch"

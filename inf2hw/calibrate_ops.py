@@ -95,9 +95,10 @@ def model_ops(cal: "Calibration", dev: str, names, quick: bool, tick) -> None:
     def beside(measure: Callable[[], T]) -> T:
         if gpu:
             return measure()
-        p0 = float(np.median(speed_probe.probe_samples(3)))
+        p0 = speed_probe.probe_ms(3)
         out = measure()
-        probes.append((p0 + float(np.median(speed_probe.probe_samples(3)))) / 2)
+        probes.append((p0 + speed_probe.probe_ms(3)) / 2)
+        cal.near_probes.append(probes[-1])
         return out
 
     fixed_s = cal.values["dense_op_us"] * 1e-6

@@ -380,8 +380,8 @@ class DesBackend:
 
     def _moved(self, op: Op) -> None:
         """A Transfer or Spill has ended."""
-        if op.nbytes > 0 and (self._core_moves or self._dma_share is not None):  # type: ignore[attr-defined]
-            r = self._routes[(op.src, op.dst, op.req_bytes)]  # type: ignore[attr-defined]
+        r = self._routes[(op.src, op.dst, op.req_bytes)]  # type: ignore[attr-defined]
+        if op.nbytes > 0:  # type: ignore[attr-defined]
             if r[2]:
                 self._cores.hold(-1)
             if r[3]:
@@ -393,7 +393,6 @@ class DesBackend:
         if self.record:
             start_s = self._t0.pop(op.name)
             if op.step <= self.record_max_step:
-                r = self._routes[(op.src, op.dst, op.req_bytes)]  # type: ignore[attr-defined]
                 self._spans.append(Span(op.name, type(op).__name__, op.what, r[1], op.step, op.layer, start_s,
                                         self.env.now, op.nbytes))  # type: ignore[attr-defined]
         self._completed(op)  # first: what it releases reaches its gate now, as it was sent before (module docstring)

@@ -109,8 +109,9 @@ class _Slowed:
     op's solo service time `work_s` has been done. A change of the active set re-times
     every op in service (few at once: a handful of devices)."""
 
-    def __init__(self, env: simpy.Environment):
+    def __init__(self, env: simpy.Environment, ratio_of=None):
         self.env = env
+        self.ratio_of = ratio_of  # op -> its calibrated slowdown ratio, the tag of its job (subclasses that use one)
         self._jobs: dict = {}  # job id -> [work left (solo s), fn, arg, version, tag]
         self._mark_s = 0.0
         self._ids = 0
@@ -128,7 +129,7 @@ class _Slowed:
         raise NotImplementedError
 
     def _tag(self, arg) -> object:  # what `_speed` needs to know of a job, fixed at its start
-        return None
+        return self.ratio_of(arg[0]) if self.ratio_of is not None else None  # arg: the device's job, op first
 
     def _retime(self) -> None:
         for jid, job in self._jobs.items():
@@ -183,14 +184,11 @@ class Interference(_Slowed):
     beside it. With k ops in service, an op whose calibrated ratio is r (its time with
     `count` of them at once / alone, `ratio_of(op)`) progresses at 1 / (1 + (r - 1)(k - 1) /
     (count - 1)) of its solo speed: 1 alone, 1 / r with `count` at once, in between linear in
-    the number beside it. `arg` of `start` is the device's job, whose first item is the op."""
+    the number beside it."""
 
     def __init__(self, env: simpy.Environment, count: int, ratio_of):
-        super().__init__(env)
-        self.count, self.ratio_of = max(2, count), ratio_of
-
-    def _tag(self, arg) -> float:
-        return self.ratio_of(arg[0])
+        super().__init__(env, ratio_of)
+        self.count = max(2, count)
 
     def _speed(self, job: list) -> float:
         return 1.0 / (1.0 + (job[4] - 1.0) * (len(self._jobs) - 1) / (self.count - 1))
@@ -200,15 +198,7 @@ class DmaShare(_Slowed):
     """The host CPU's ops beside host <-> GPU copies on a GPU machine (`cpu.beside_dma_kib_ratio`):
     both use host memory, so while at least one copy runs (`hold`) an op whose calibrated
     ratio is r (its time beside a pinned host -> GPU stream / alone, `ratio_of(op)`)
-    progresses at 1 / r of its solo speed. `arg` of `start` is the device's job, whose
-    first item is the op."""
-
-    def __init__(self, env: simpy.Environment, ratio_of):
-        super().__init__(env)
-        self.ratio_of = ratio_of
-
-    def _tag(self, arg) -> float:
-        return self.ratio_of(arg[0])
+    progresses at 1 / r of its solo speed. Made as DmaShare(env, ratio_of)."""
 
     def _speed(self, job: list) -> float:
         return 1.0 / job[4] if self._held else 1.0
