@@ -91,6 +91,8 @@ def test_calibrate_ops_times_the_engine_ops_of_a_model():
     # on a CPU each point has the speed probe beside it; scaled to a reference probe, a point
     # timed while the probe read 10 % slow comes out 10 % faster
     assert all(len(c["probe_ms"]) == len(c["us"]) and min(c["probe_ms"]) > 0 for c in cal.op_curves)
+    # one probe pair per timed point: qkv and post are timed together, so counted once
+    assert len(cal.near_probes) == sum(len(c["tokens"]) for c in cal.op_curves if c["what"] != "post")
     c0 = cal.op_curves[0]
     ref, us, ps = c0["probe_ms"][0] * 1.1, list(c0["us"]), list(c0["probe_ms"])
     cal.scale_to_probe(ref)
