@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Tuple
 
 import numpy as np
 
-from . import calibrate_csd, calibrate_io
+from . import calibrate_csd, calibrate_io, calibrate_ops
 
 if TYPE_CHECKING:
     from .calibrate import Calibration
@@ -407,6 +407,18 @@ def cpu_attention(cal: "Calibration", quick: bool, tick, dev: str = "cpu") -> No
             # GQA: 4 query heads per K,V row do 4x the arithmetic per byte (on a CPU that shows)
             cal.put_curve("cpu_attention_gqa" if layout == "rows" else "cpu_tokens_attention_gqa", *times(4),
                           "the same with 4 query heads per K,V row")
+            tick()
+        fixed_s = cal.values["cpu_attention_fixed_us"] * 1e-6
+        for name in cal.opts.models:  # the same call at each named model's shape, per K,V row (cpu.op_curves)
+            md = calibrate_ops.load_model(name, torch.empty((), dtype=dt).element_size())
+            m_ctxs = (128, 256, 512, 1024, 2048, 4096) if quick else (64, 128, 256, 512, 1024, 2048, 4096, 8192)
+            _, ts = _cpu_attention_times(pool, host_attention, "rows", rows, md.head_dim, m_ctxs, dt,
+                                         5 if quick else 11, group=md.group_size)
+            cal.put_op_curve("decode_attention", name, 0.0, list(m_ctxs), [max(0.0, t - fixed_s) * 1e6 / rows for t in ts],
+                             f"median of the engine's host_attention.host_attention on a one-thread pool over a "
+                             f"host-store view, {rows} K,V rows of {name} ({md.group_size} query head(s) per row, d "
+                             f"{md.head_dim}) over ctx positions, {cal.opts.dtype}, {cal.opts.threads} torch thread(s), "
+                             f"less op_overhead_us, per K,V row", group=md.group_size, head_dim=md.head_dim)
             tick()
     finally:
         pool.shutdown()

@@ -90,13 +90,16 @@ def _series(cal: Calibration, key: str, prefix: str, x_what: str, y_suffix: str,
             f"{prefix}{y_suffix}: {_fmt_list(ys)}   # {cal.how[key]} ({src})"]
 
 
-def _op_curves(cal: Calibration, src: str) -> List[str]:
-    """gpu.op_curves: one flow mapping per (model, op), how it was measured beside it."""
-    if not cal.op_curves:
+def _op_curves(cal: Calibration, src: str, cpu: bool = False) -> List[str]:
+    """gpu.op_curves (cpu=False: the dense device's ops, inf2hw.calibrate_ops) or cpu.op_curves
+    (the host's decode attention, inf2hw.calibrate_dense.cpu_attention): one flow mapping per
+    (model, op), how it was measured beside it."""
+    curves = [c for c in cal.op_curves if (c["what"] == "decode_attention") == cpu]
+    if not curves:
         return []
-    lines = ["  op_curves:   # the engine's ops of calibrate.models, timed on this device (inf2hw.calibrate_ops): "
+    lines = ["  op_curves:   # the engine's ops of calibrate.models, timed on this device: "
              "used by the DES for ops of exactly these shapes"]
-    for c in cal.op_curves:
+    for c in curves:
         keys = (f"what: {c['what']}, model: {c['model']}, flops_per_token: {c['flops_per_token']:.0f}, "
                 f"group: {c['group']}, head_dim: {c['head_dim']}")
         lines.append(f"    - {{{keys}, tokens: {c['tokens']}, us: [{', '.join(f'{_r(u):g}' for u in c['us'])}]}}   "
@@ -223,6 +226,7 @@ def profile_yaml(cal: Calibration, csd_count: int = 2, ssd_count: int = 2) -> st
                    "op_overhead_us", src)[1:],
         *_series(cal, "cpu_attention_beside_dma", "  beside_dma_kib", "KiB of K+V of one attention call", "_ratio",
                  src),
+        *_op_curves(cal, src, cpu=True),
         "host:",
         f"  memory_gb: {_r(_ram_gb())}   # host RAM (sysconf)",
         f"  memory_budget_gb: {_r(_ram_gb() / 2)}   # half of RAM, as the papers' default budget",

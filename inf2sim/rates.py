@@ -21,7 +21,9 @@ Compute devices (plan names): `gpu`, `cpu`, `csd{i}.fpga`.
        everything else, so no rate can absorb it. 0 = fused (FlashAttention-like).
        Decode (q_len = 1) score traffic is linear in ctx and part of the calibrated rate.
   cpu  DenseCompute  flops / gemm_gflops + op_overhead
-       Attention     kv_bytes / attention_gbps + op_overhead
+       Attention     kv_bytes / attention_gbps + op_overhead; a decode attention over a
+                     row-major store whose (group, head_dim) `cpu.op_curves` has: rows x the
+                     per-row curve at the attended positions + op_overhead
   fpga Attention     inf2sim.accel.attention_seconds(...) + host ipc round trip
 Measured ops of named model shapes (`gpu.op_curves`, inf2sim.op_curves) come first: a
 dense op or prompt attention on `gpu` that a curve matches takes its measured time.
@@ -188,6 +190,10 @@ def work_seconds(op: ComputeOp, hw: HardwareProfile, dtype_bytes: int = 2) -> fl
                 key = op.q_len * (stored + n_tail) if d_cal else n  # its cost follows one head's matrix, not the op's
                 t += n * score_ns(hw.gpu, key) * (op.head_dim / d_cal if d_cal else 1.0) * 1e-9
             return t
+        if dev == "cpu" and op.kv_layout != "tokens" and hw.cpu.op_curves:  # a named model's shape, timed
+            t = measured_seconds(hw.cpu.op_curves, op)
+            if t is not None:
+                return t
         if dev == "cpu" and op.kv_layout == "tokens" and hw.cpu.tokens_attention_kib:
             return _by_group(op, hw.cpu.tokens_attention_kib, hw.cpu.tokens_attention_us,
                              hw.cpu.tokens_attention_gqa_us, attention_kv_bytes(op, dtype_bytes))

@@ -161,7 +161,9 @@ class OpCurve:
     token equal `flops_per_token` (`ModelSpec.dense_flops_per_token`); `tokens` is the op's
     tokens (micro-batch x query positions). `what` = prefill_attention matches a prompt
     Attention with this `group` and `head_dim`; `tokens` is the prompt length and `us` is per
-    K,V row (the op's rows = micro-batch x KV heads)."""
+    K,V row (the op's rows = micro-batch x KV heads). `what` = decode_attention (in
+    `CpuSpec.op_curves`, beyond its op_overhead_us) matches a one-query Attention on the cpu
+    device with this `group` and `head_dim`; `tokens` is the attended positions, `us` per K,V row."""
 
     what: str = ""
     model: str = ""  # the model it was timed for (a label)
@@ -236,6 +238,12 @@ class CpuSpec:
     # attention by it while any host <-> GPU copy runs (inf2sim.des.devices.DmaShare). Empty: no slowdown.
     beside_dma_kib: List[float] = field(default_factory=list)
     beside_dma_kib_ratio: List[float] = field(default_factory=list)
+    # The engine's CPU decode attention over a host KV store at named models' shapes
+    # (`OpCurve` what=decode_attention: us per K,V row beyond op_overhead_us over the attended
+    # positions, `inf2 calibrate calibrate.models=...`): an op of this group and head_dim takes
+    # rows x the curve instead of the KiB curves above, which at equal bytes cannot tell many
+    # short rows from few long ones.
+    op_curves: List[OpCurve] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -434,6 +442,8 @@ def validate(model: ModelSpec, workload: Workload, hw: HardwareProfile, policy: 
 
     for i, c in enumerate(hw.gpu.op_curves):
         check_curve(c, f"hardware.gpu.op_curves[{i}]")
+    for i, c in enumerate(hw.cpu.op_curves):
+        check_curve(c, f"hardware.cpu.op_curves[{i}]", allowed=("decode_attention",))
     check_positive("hardware.csd.io_threads", hw.csd.io_threads, allow_zero=True)
     check_positive("hardware.ssd.io_threads", hw.ssd.io_threads, allow_zero=True)
     check_positive("hardware.gpu.copy_engines", hw.gpu.copy_engines, allow_zero=True)

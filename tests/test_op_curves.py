@@ -47,6 +47,43 @@ def test_prefill_attention_curve_is_per_row_and_grows_with_the_prompt_squared():
     assert rates.compute_seconds(op(64, head_dim=128), HW) != pytest.approx((8 * 10.0 + 10) * 1e-6)
 
 
+DEC = OpCurve(what="decode_attention", model="opt-125m", group=1, head_dim=64, tokens=[128, 512], us=[2.0, 6.0])
+
+
+def test_cpu_decode_attention_curve_is_per_row_over_the_attended_positions():
+    """A one-query attention on the cpu device of the curve's (group, head_dim) over a host
+    store takes rows x the per-row curve at its attended positions + op_overhead_us; other
+    shapes, token-major K,V (drive reads) and prompt attention keep the KiB curves / rate."""
+    from inf2sim.specs import CpuSpec
+
+    cpu = CpuSpec(attention_gbps=1.0, op_overhead_us=5.0, op_curves=[DEC])
+    hw = HardwareProfile(gpu=HW.gpu, cpu=cpu)
+
+    def op(n, rows=16, group=1, head_dim=64, layout="rows", q_len=1):
+        return Attention("s1.L0.m0.attn", (), 1, 0, 0, "attn_out", "cpu", rows=(0, rows), tokens=(0, n),
+                         stored_len=n, q_len=q_len, group=group, head_dim=head_dim, flops=1.0,
+                         kv_bytes=2 * rows * n * head_dim * 2, kv_layout=layout)
+    assert rates.compute_seconds(op(128), hw) == pytest.approx((16 * 2.0 + 5) * 1e-6)
+    assert rates.compute_seconds(op(320, rows=48), hw) == pytest.approx((48 * 4.0 + 5) * 1e-6)  # between the points
+    assert rates.compute_seconds(op(1024), hw) == pytest.approx((16 * 12.0 + 5) * 1e-6)  # beyond: in proportion
+    plain = replace(hw, cpu=replace(cpu, op_curves=[]))
+    for other in (op(128, head_dim=128), op(128, group=4), op(128, layout="tokens")):
+        assert rates.compute_seconds(other, hw) == pytest.approx(rates.compute_seconds(other, plain))
+
+
+def test_a_decode_attention_curve_belongs_to_the_cpu_list_only():
+    dec = {"what": "decode_attention", "group": 1, "head_dim": 64, "tokens": [128, 512], "us": [2.0, 6.0]}
+    hw = specs_from_config(default_config(model="opt-125m", **{"hardware.cpu.op_curves": [dec]})).hardware
+    assert hw.cpu.op_curves[0].what == "decode_attention"
+    with pytest.raises(SpecError, match=r"hardware.gpu.op_curves\[0\].what='decode_attention'"):
+        specs_from_config(default_config(model="opt-125m", **{"hardware.gpu.op_curves": [dec]}))
+    with pytest.raises(SpecError, match=r"hardware.cpu.op_curves\[0\].what='qkv'"):
+        specs_from_config(default_config(model="opt-125m", **{"hardware.cpu.op_curves": [
+            {"what": "qkv", "flops_per_token": 5.0, "tokens": [1, 2], "us": [1.0, 2.0]}]}))
+    with pytest.raises(SpecError, match="head_dim > 0"):
+        specs_from_config(default_config(model="opt-125m", **{"hardware.cpu.op_curves": [{**dec, "head_dim": 0}]}))
+
+
 def test_the_scheduler_ops_match_curves_keyed_by_the_model():
     spec = specs_from_config(default_config(model="opt-125m", workload="tiny", policy="flexgen_dram"))
     plan, _ = build_plan(spec.model, spec.workload, replace(spec.hardware, gpu=replace(spec.hardware.gpu, op_curves=[QKV])),
