@@ -412,8 +412,10 @@ def cpu_attention(cal: "Calibration", quick: bool, tick, dev: str = "cpu") -> No
         for name in cal.opts.models:  # the same call at each named model's shape, per K,V row (cpu.op_curves)
             md = calibrate_ops.load_model(name, torch.empty((), dtype=dt).element_size())
             m_ctxs = (128, 256, 512, 1024, 2048, 4096) if quick else (64, 128, 256, 512, 1024, 2048, 4096, 8192)
-            _, ts = _cpu_attention_times(pool, host_attention, "rows", rows, md.head_dim, m_ctxs, dt,
-                                         5 if quick else 11, group=md.group_size)
+            # 11 calls per point even when quick (a second at most): 5 left an H100 host's curve
+            # non-monotone (session 10), its calls vary that much with 8 threads
+            _, ts = _cpu_attention_times(pool, host_attention, "rows", rows, md.head_dim, m_ctxs, dt, 11,
+                                         group=md.group_size)
             cal.put_op_curve("decode_attention", name, 0.0, list(m_ctxs), [max(0.0, t - fixed_s) * 1e6 / rows for t in ts],
                              f"median of the engine's host_attention.host_attention on a one-thread pool over a "
                              f"host-store view, {rows} K,V rows of {name} ({md.group_size} query head(s) per row, d "
