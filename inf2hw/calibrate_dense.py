@@ -293,6 +293,27 @@ def _copies(nbytes: int, total: int = 64 << 20) -> int:
     return min(64, max(1, -(-total // nbytes)))
 
 
+def host_llc_bytes() -> int:
+    """The largest CPU cache of cpu0 (sysfs; 0 where unreadable): the host's last-level cache."""
+    import glob
+
+    sizes = [0]
+    for f in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
+        try:
+            txt = open(f).read().strip().upper()
+            sizes.append(int(txt[:-1]) * {"K": 1 << 10, "M": 1 << 20}[txt[-1]] if txt[-1] in "KM" else int(txt))
+        except (OSError, ValueError, KeyError):
+            continue
+    return max(sizes)
+
+
+def host_rotation_bytes() -> int:
+    """Bytes a host-memory timing loop rotates over: 4x the last-level cache, at least 64 MiB
+    (with 64 MiB an H100 host's per-row CPU attention curve at 256 rows ran 20-28 % fast against
+    the engine's 1280-row calls, whose 346 MB no cache holds: BENCHMARKS.md, session 10)."""
+    return max(64 << 20, 4 * host_llc_bytes())
+
+
 def _cpu_attention_times(pool, attend, layout: str, rows: int, d: int, ctxs, dt, repeat: int, drives: int = 1,
                          group: int = 1, beside=None):
     """(K+V bytes, median seconds) per ctx of the engine's CPU attention op on `pool`, over
@@ -313,7 +334,7 @@ def _cpu_attention_times(pool, attend, layout: str, rows: int, d: int, ctxs, dt,
         # distinct K and V, rotated over enough copies (>= 64 MB in all) that every call
         # reads them from memory, as a layer's history is when the engine reaches it
         size = 2 * rows * cap * d * torch.empty((), dtype=dt).element_size()
-        copies = _copies(size)
+        copies = _copies(size, host_rotation_bytes())
         if layout == "rows":
             bufs = [(torch.randn(rows, cap, d).to(dt), torch.randn(rows, cap, d).to(dt)) for _ in range(copies)]
             views = [(kb[:, :n], vb[:, :n]) for kb, vb in bufs]
