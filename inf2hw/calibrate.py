@@ -52,7 +52,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import calibrate_csd, calibrate_dense, calibrate_io, calibrate_ops, speed_probe
+from . import calibrate_csd, calibrate_dense, calibrate_io, calibrate_ops, disk_probe, speed_probe
 from .ops import IO_THREADS
 
 
@@ -256,7 +256,15 @@ def _disk(cal: Calibration, work: str, opts: CalibrateOptions, bar, tick) -> Non
             n = IO_THREADS if mode == "diskstore" else max(1, opts.procs)
             bar.set_postfix_str(f"disk {mode} x{n} streams")
             more = calibrate_io.STORE_SIZES if mode == "diskstore" else ()
+            probes = [disk_probe.probe_record(work)] if mode == "direct" else []
             cal.disk[mode] = calibrate_io.disk_curves(paths[:n], mode, tuple(sizes) + more, budget, cap, tick)
+            if probes:  # the disk probe right before and after the curves the CSDs' flash takes
+                probes.append(disk_probe.probe_record(work))
+                for k in ("read_gbps", "write_gbps"):
+                    cal.put(f"disk_probe_{k}", sum(p[k] for p in probes) / 2,
+                            f"inf2hw.disk_probe ({disk_probe.PROBE_BYTES >> 20} MiB in {disk_probe.REQ_BYTES >> 20} MiB "
+                            f"O_DIRECT requests, one stream, median of {disk_probe.REPEAT}) right before and after "
+                            f"the O_DIRECT curves, mean of the two: {', '.join(f'{p[k]:.3f}' for p in probes)}")
     finally:
         for p in paths:
             try:

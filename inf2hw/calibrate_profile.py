@@ -298,6 +298,9 @@ def profile_yaml(cal: Calibration, csd_count: int = 2, ssd_count: int = 2) -> st
     ]
     tag = f"{'O_DIRECT' if disk_csd.mode == 'direct' else 'page cache'} preadv/pwrite, as inf2hw.csd.kvfile ({src})"
     lines += _curves(disk_csd, "    ", tag)
+    if disk_csd.mode == "direct" and "disk_probe_read_gbps" in v:
+        lines += [f"    probe_{k}: {_r(v['disk_probe_' + k])}   # {cal.how['disk_probe_' + k]} ({src})"
+                  for k in ("read_gbps", "write_gbps")]
     lines += [
         "    capacity_gb: 0",
         "  fpga:   # the worker's attention thread",

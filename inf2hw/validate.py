@@ -17,7 +17,10 @@ full fidelity, every step traced) on the same `RunSpec` and the same hardware pr
 Every engine run is bracketed by `inf2hw.speed_probe` (a fixed workload on the host's
 cores): with a profile that recorded the probe at calibration (`host.probe_ms`), the DES
 runs the host's compute ops at the speed the probes measured around the compared run
-(`host.compute_scale`; `probe=False` keeps the profile's). The model's bytes are the engine's: `model.dtype_bytes` is set to the engine dtype's
+(`host.compute_scale`; `probe=False` keeps the profile's), and by `inf2hw.disk_probe` in
+the CSDs' directory: with a profile that recorded it (`csd.ssd.probe_read_gbps` /
+`probe_write_gbps`), the emulated CSDs' flash curves are scaled by the probes around the run /
+those (`run_disk`; also off with `probe=False`). The model's bytes are the engine's: `model.dtype_bytes` is set to the engine dtype's
 size (fp32 on a CPU = 4) for both runs. A short warm-up run of the engine (prompt <= 32, gen_len=2)
 comes first so one-time costs (allocator, first kernels, page faults) do not count.
 With `repeat` > 1 the engine runs that many times and the median run (by total
@@ -41,6 +44,7 @@ from inf2sim.config import RunSpec
 from inf2sim.metrics import read_chrome_trace
 from inf2sim.plan import Span
 
+from . import disk_probe
 from .speed_probe import probe_samples
 
 ITEMSIZE = {"fp32": 4, "fp16": 2, "bf16": 2}
@@ -76,6 +80,7 @@ class ValidationResult:
     load_avg: Tuple[float, float] = (float("nan"), float("nan"))  # 1-min load average before / after the runs
     compute_scale: float = 1.0  # the host's probe around the compared run / at calibration (host.compute_scale)
     op_runs: int = 1  # engine runs each measured op duration is the median of (`measured_ops`)
+    disk_scale: Tuple[float, float] = (1.0, 1.0)  # the CSDs' disk probe around the run / at calibration, read and write
 
     @property
     def worst_mape(self) -> Optional[float]:
@@ -199,11 +204,15 @@ def measure_once(spec: RunSpec, opts, out: Path) -> float:
     runs = Path(out) / "emu_runs"
     runs.mkdir(parents=True, exist_ok=True)
     d = runs / f"run{len(list(runs.glob('run*')))}"
+    disk_dir = Path(opts.csd_dirs[0]) if opts.csd_dirs else d  # where the CSDs' files go
+    disk_dir.mkdir(parents=True, exist_ok=True)
+    disk = [disk_probe.probe_record(str(disk_dir))]
     before = probe_samples()
     _, _, m, _ = run_engine(spec, opts, str(d))
     after = probe_samples()
+    disk.append(disk_probe.probe_record(str(disk_dir)))
     (d / "probe.json").write_text(json.dumps({"before_ms": statistics.median(before), "after_ms": statistics.median(after),
-                                              "samples_ms": before + after}))
+                                              "samples_ms": before + after, "disk": disk}))
     for f in d.glob("kv*"):  # no KV files left behind
         shutil.rmtree(f, ignore_errors=True)
     pick_median(Path(out))
@@ -233,6 +242,28 @@ def run_speed(run_dir: Path, hw) -> float:
     return ms / hw.host.probe_ms
 
 
+def run_disk(run_dir: Path, hw) -> Tuple[float, float]:
+    """(read, write) scale of the emulated CSDs' flash curves for a kept run: the mean of the
+    disk probes right before and after it (`inf2hw.disk_probe`) / the profile's
+    `csd.ssd.probe_read_gbps` / `probe_write_gbps`; 1.0 where either is missing."""
+    f = Path(run_dir) / "probe.json"
+    disk = json.loads(f.read_text()).get("disk", []) if f.exists() else []
+    out = []
+    for k, cal in (("read_gbps", hw.csd.ssd.probe_read_gbps), ("write_gbps", hw.csd.ssd.probe_write_gbps)):
+        got = [p[k] for p in disk if k in p]
+        out.append(sum(got) / len(got) / cal if got and cal > 0 else 1.0)
+    return out[0], out[1]
+
+
+def with_disk_scale(hw, read: float, write: float):
+    """`hw` with the emulated CSDs' flash curves (one process and shared) times read / write."""
+    st = hw.csd.ssd
+    st = replace(st, read_gbps=[x * read for x in st.read_gbps], shared_read_gbps=[x * read for x in st.shared_read_gbps],
+                 write_gbps=[x * write for x in st.write_gbps],
+                 shared_write_gbps=[x * write for x in st.shared_write_gbps])
+    return replace(hw, csd=replace(hw.csd, ssd=st))
+
+
 def compare_run(spec: RunSpec, out: Path, dtype: str = "fp32", floor_ms: float = 1.0, label: Optional[str] = None,
                 plot: bool = True, measured: Optional[Dict[str, float]] = None, repeat: int = 1,
                 load_avg: Tuple[float, float] = (float("nan"), float("nan")), probe: bool = True,
@@ -252,6 +283,9 @@ def compare_run(spec: RunSpec, out: Path, dtype: str = "fp32", floor_ms: float =
     if scale != 1.0:
         hw = spec.hardware
         spec = replace(spec, hardware=replace(hw, host=replace(hw.host, compute_scale=scale)))
+    disk = run_disk(out / "emu", spec.hardware) if probe else (1.0, 1.0)
+    if disk != (1.0, 1.0):
+        spec = replace(spec, hardware=with_disk_scale(spec.hardware, *disk))
     te = measured or json.loads((out / "emu" / "metrics.json").read_text())["throughput"]
     spans_emu, op_runs = measured_ops(out, per_op_median)
     m_sim = simulate_spec(spec, out_dir=str(out / "sim"))
@@ -261,7 +295,7 @@ def compare_run(spec: RunSpec, out: Path, dtype: str = "fp32", floor_ms: float =
                          _err(ts["total_tok_s"], te["total_tok_s"]), _err(ts["prefill_tok_s"], te["prefill_tok_s"]),
                          _err(ts["decode_tok_s"], te["decode_tok_s"]), compare_ops(spans_emu, spans_sim, floor_ms),
                          floor_ms, out_dir=str(out), measured=dict(te), simulated=dict(ts),
-                         repeat=repeat, load_avg=load_avg, compute_scale=scale, op_runs=op_runs)
+                         repeat=repeat, load_avg=load_avg, compute_scale=scale, op_runs=op_runs, disk_scale=disk)
     if plot:
         from .validate_plot import plot_timelines
 
@@ -286,12 +320,13 @@ def kinds_table(r: ValidationResult) -> str:
 
 def results_table(rs: List[ValidationResult]) -> str:
     head = ("| config | measured tok/s | simulated tok/s | error | prefill error | decode error | "
-            "worst op-kind MAPE | worst kind | within bounds | host probe / calibration |")
-    lines = [head, "|" + "---|" * 10]
+            "worst op-kind MAPE | worst kind | within bounds | host probe / calibration | disk probe / calibration "
+            "(read, write) |")
+    lines = [head, "|" + "---|" * 11]
     for r in rs:
         w = r.worst_mape
         lines.append(f"| {r.config} | {r.measured_tok_s:.3f} | {r.simulated_tok_s:.3f} | {100 * r.error:+.1f} % | "
                      f"{100 * r.prefill_error:+.1f} % | {100 * r.decode_error:+.1f} % | "
                      f"{'-' if w is None else f'{100 * w:.1f} %'} | {r.worst_kind()} | {'yes' if r.ok() else 'no'} | "
-                     f"{r.compute_scale:.3f} |")
+                     f"{r.compute_scale:.3f} | {r.disk_scale[0]:.2f}, {r.disk_scale[1]:.2f} |")
     return "\n".join(lines)

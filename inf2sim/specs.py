@@ -148,6 +148,10 @@ class StorageSpec:
     # stream of small requests beside large ones gets one small request per large one,
     # `inf2sim.des.disks`)
     shared_by: str = "bytes"
+    # `inf2hw.disk_probe` at calibration (GB/s; 0: none): `inf2 validate` scales the read (write)
+    # curves above by the probe around a run / this, for a disk whose speed drifts
+    probe_read_gbps: float = 0.0
+    probe_write_gbps: float = 0.0
     # Reads and writes of all drives of this kind that the host serves at once, in the
     # order they come (the real engine's drive I/O pool): 0 = no limit.
     io_threads: int = 0
@@ -451,6 +455,9 @@ def validate(model: ModelSpec, workload: Workload, hw: HardwareProfile, policy: 
     check_positive("hardware.gpu.attention_score_head_dim", hw.gpu.attention_score_head_dim, allow_zero=True)
     check_positive("hardware.host.shared_cores", hw.host.shared_cores, allow_zero=True)
     check_positive("hardware.host.probe_ms", hw.host.probe_ms, allow_zero=True)
+    for name, st in (("ssd", hw.ssd), ("csd.ssd", hw.csd.ssd)):
+        check_positive(f"hardware.{name}.probe_read_gbps", st.probe_read_gbps, allow_zero=True)
+        check_positive(f"hardware.{name}.probe_write_gbps", st.probe_write_gbps, allow_zero=True)
     check_positive("hardware.host.compute_scale", hw.host.compute_scale)
     for dev in hw.host.core_devices:
         check_choice("hardware.host.core_devices[]", dev, ("gpu", "cpu", "fpga"))

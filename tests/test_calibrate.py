@@ -44,6 +44,9 @@ def test_quick_calibration_writes_a_profile_that_loads_and_simulates(quick_profi
     monkeypatch.setattr(C, "CONF_DIR", tmp)
     hw = C.load_group("hardware", "testbox")
     assert hw.name == "testbox" and hw.cpu.threads >= 1
+    if "O_DIRECT preadv" in text:  # the CSDs' disk took O_DIRECT: its probe at calibration, for `inf2 validate`
+        assert hw.csd.ssd.probe_read_gbps > 0 and hw.csd.ssd.probe_write_gbps > 0
+        assert "#" in next(ln for ln in text.splitlines() if ln.strip().startswith("probe_read_gbps:"))
     # the measured attention curves: increasing sizes, one time per size
     for kib, us in ((hw.cpu.attention_kib, hw.cpu.attention_us), (hw.csd.attend_kib, hw.csd.attend_us),
                     (hw.gpu.decode_attention_kib, hw.gpu.decode_attention_us)):

@@ -51,6 +51,7 @@ def test_validate_cli_on_a_tiny_config(tmp_path):
     assert (out / "emu" / "trace.json").exists() and (out / "sim" / "trace.json").exists()
     probe = json.loads((out / "emu" / "probe.json").read_text())  # the host's speed around the run
     assert probe["before_ms"] > 0 and probe["after_ms"] > 0 and res["compute_scale"] == 1.0  # paper_a100: no probe_ms
+    assert len(probe["disk"]) == 2 and res["disk_scale"] == [1.0, 1.0]  # the CSDs' disk around it; no probe in the profile
 
 
 def test_results_table_has_the_acceptance_columns():
@@ -58,7 +59,7 @@ def test_results_table_has_the_acceptance_columns():
 
     r = ValidationResult("m ans", 10.0, 10.5, 0.05, 0.0, 0.06)
     line = results_table([r]).splitlines()[2]
-    assert "| m ans | 10.000 | 10.500 | +5.0 % |" in line and line.endswith("| yes | 1.000 |")
+    assert "| m ans | 10.000 | 10.500 | +5.0 % |" in line and line.endswith("| yes | 1.000 | 1.00, 1.00 |")
 
 
 def test_measured_ops_are_each_ops_median_over_the_runs(tmp_path):
@@ -98,6 +99,44 @@ def test_run_speed_is_the_probes_around_the_run_over_the_calibrations(tmp_path):
     (tmp_path / "probe.json").write_text(json.dumps({"before_ms": 30.0, "after_ms": 60.0,
                                                      "samples_ms": [30.0, 31.0, 29.0, 30.0, 60.0, 61.0]}))
     assert run_speed(tmp_path, replace(hw, host=replace(hw.host, probe_ms=30.0))) == pytest.approx(30.5 / 30.0)
+
+
+def test_run_disk_scales_the_csd_flash_curves_by_the_disk_probes_around_the_run(tmp_path):
+    from dataclasses import replace
+
+    from inf2hw.validate import run_disk, with_disk_scale
+    from inf2sim.specs import HardwareProfile
+
+    hw = HardwareProfile()
+    st = replace(hw.csd.ssd, req_kib=[4, 1024], read_gbps=[0.1, 1.0], write_gbps=[0.2, 2.0],
+                 shared_read_gbps=[0.1, 1.5], shared_write_gbps=[0.2, 2.5])
+    hw = replace(hw, csd=replace(hw.csd, ssd=st))
+    assert run_disk(tmp_path, hw) == (1.0, 1.0)  # no probe.json
+    (tmp_path / "probe.json").write_text(json.dumps({"before_ms": 30.0, "after_ms": 30.0, "disk": [
+        {"read_gbps": 1.0, "write_gbps": 2.0}, {"read_gbps": 3.0, "write_gbps": 2.0}]}))
+    assert run_disk(tmp_path, hw) == (1.0, 1.0)  # a profile without a calibration probe
+    cal = replace(hw, csd=replace(hw.csd, ssd=replace(st, probe_read_gbps=4.0, probe_write_gbps=1.0)))
+    r, w = run_disk(tmp_path, cal)
+    assert (r, w) == (pytest.approx(0.5), pytest.approx(2.0))  # the mean of before and after / the calibration's
+    got = with_disk_scale(cal, r, w).csd.ssd
+    assert got.read_gbps == pytest.approx([0.05, 0.5]) and got.shared_read_gbps == pytest.approx([0.05, 0.75])
+    assert got.write_gbps == pytest.approx([0.4, 4.0]) and got.shared_write_gbps == pytest.approx([0.4, 5.0])
+    assert got.req_kib == st.req_kib and with_disk_scale(cal, r, w).ssd == cal.ssd  # FlexGen's drives: page cache
+    (tmp_path / "probe.json").write_text(json.dumps({"before_ms": 30.0, "after_ms": 30.0, "disk": [{}, {}]}))
+    assert run_disk(tmp_path, cal) == (1.0, 1.0)  # a directory that refused O_DIRECT: nothing probed
+
+
+def test_disk_probe_times_the_directory_o_direct_or_says_nothing(tmp_path):
+    from inf2hw import disk_probe
+    from inf2hw.csd.kvfile import probe_direct_io
+
+    got = disk_probe.probe_record(str(tmp_path))
+    if probe_direct_io(str(tmp_path)) is None:
+        assert got["read_gbps"] > 0 and got["write_gbps"] > 0
+    else:
+        assert got == {}
+    r, w = disk_probe.probe_gbps(str(tmp_path))  # buffered where O_DIRECT is refused
+    assert r > 0 and w > 0 and not list(tmp_path.iterdir())  # its file is gone
 
 
 def test_stamped_pool_spans_are_busy_time_not_queueing():

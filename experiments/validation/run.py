@@ -94,7 +94,7 @@ def main() -> None:
                     help="per-op errors from the kept (median) run's ops alone, not each op's median over all the runs "
                          "(the tables before session 9)")
     ap.add_argument("--no-probe", action="store_true",
-                    help="simulate at the profile's host speed, not at the speed the probes around each run measured")
+                    help="simulate at the profile's host and disk speeds, not at those the probes around each run measured")
     a = ap.parse_args()
 
     from inf2hw.loop import pin_threads
@@ -137,9 +137,11 @@ def main() -> None:
                 + (" (the kept run's ops)" if a.kept_run_ops else
                    ", each op's measured duration the median over all the config's runs (the kept one's when one)")
                 + ". Within bounds: |error| <= 10 % and every kind's MAPE <= 20 %.  ",
-                ("The DES runs at the profile's host speed (--no-probe).  " if a.no_probe else
+                ("The DES runs at the profile's host and disk speeds (--no-probe).  " if a.no_probe else
                  "The DES runs the host's compute ops at the speed the probes around each compared run measured "
-                 "(last column: probe / the profile's host.probe_ms; 1.000 where either is missing).  "),
+                 "(column: probe / the profile's host.probe_ms; 1.000 where either is missing), and the emulated "
+                 "CSDs' flash at the disk probe's around it (last column: / the profile's csd.ssd.probe_*_gbps; "
+                 "1.00 where either is missing).  "),
                 f"{ok} of {len(results)} configurations within bounds"
                 + (f" ({len(failures)} more did not run, listed below)." if failures else "."), ""]
         body = [results_table(results), ""]
