@@ -5,8 +5,9 @@ Called by `inf2hw.calibrate.measure` (the profile's `csd.ssd.probe_read_gbps` /
 (the probe right before and right after every engine run, in the run's CSD directory).
 `inf2hw.validate.compare_run` divides the two and scales the profile's emulated-CSD flash
 curves by it (`csd_disk_scale`), as the speed probe (`inf2hw.speed_probe`) scales the host's
-compute: a virtual disk whose speed drifts (an H100 machine's calibration read 1.5-2.1x faster
-at >= 1 MiB requests than another's while its `ans` runs were slower, BENCHMARKS.md session 10)
+compute: a virtual disk whose speed drifts (an H100 machine's calibration read its CSD curves
+1.5-2.1x faster at >= 256 KiB requests than another's while its `ans` runs were 15-16 % slower,
+BENCHMARKS.md session 10)
 is then simulated at the speed it had during the run. The probe is the same work every time
 and no op of a run: one stream writes then reads back PROBE_BYTES in REQ_BYTES requests,
 O_DIRECT where the directory takes it (as the CSD workers' `inf2hw.csd.kvfile`), three
