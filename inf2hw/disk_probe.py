@@ -3,12 +3,14 @@
 Called by `inf2hw.calibrate.measure` (the profile's `csd.ssd.probe_read_gbps` /
 `probe_write_gbps`: the probe at calibration time) and by `inf2hw.validate.measure_once`
 (the probe right before and right after every engine run, in the run's CSD directory).
-`inf2hw.validate.compare_run` divides the two and scales the profile's emulated-CSD flash
-curves by it (`csd_disk_scale`), as the speed probe (`inf2hw.speed_probe`) scales the host's
-compute: a virtual disk whose speed drifts (an H100 machine's calibration read its CSD curves
-1.5-2.1x faster at >= 256 KiB requests than another's while its `ans` runs were 15-16 % slower,
-BENCHMARKS.md session 10)
-is then simulated at the speed it had during the run. The probe is the same work every time
+`inf2hw.validate.compare_run` records their ratio (`run_disk`) and, with `disk_probe=True`,
+scales the profile's emulated-CSD flash curves by it, as the speed probe
+(`inf2hw.speed_probe`) scales the host's compute. Meant for a virtual disk whose speed
+drifts (an H100 machine's calibration read its CSD curves 1.5-2.1x faster at >= 256 KiB
+requests than another's while its `ans` runs were 15-16 % slower, BENCHMARKS.md session 10);
+off by default, since one run's probes before and after it differed 0.5-1.7x on the 2-core
+VM and applying them did not improve the tables on either machine (session 10).
+The probe is the same work every time
 and no op of a run: one stream writes then reads back PROBE_BYTES in REQ_BYTES requests,
 O_DIRECT where the directory takes it (as the CSD workers' `inf2hw.csd.kvfile`), three
 times; the file is removed. Units: GB/s (1e9 B/s) of payload.

@@ -153,7 +153,7 @@ def validate_cli(cfg, out_dir: Path):
           f"(engine device={opts.device} dtype={opts.dtype}, {threads} torch thread(s)) against the DES")
     r = validate_spec(spec, opts, str(out_dir), floor_ms=float(v.get("floor_ms", 1.0)),
                       warmup=bool(v.get("warmup", True)), repeat=int(v.get("repeat", 1)),
-                      probe=bool(v.get("probe", True)))
+                      probe=bool(v.get("probe", True)), disk_probe=bool(v.get("disk_probe", False)))
     print(results_table([r]))
     print()
     print(kinds_table(r))

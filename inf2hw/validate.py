@@ -18,9 +18,11 @@ Every engine run is bracketed by `inf2hw.speed_probe` (a fixed workload on the h
 cores): with a profile that recorded the probe at calibration (`host.probe_ms`), the DES
 runs the host's compute ops at the speed the probes measured around the compared run
 (`host.compute_scale`; `probe=False` keeps the profile's), and by `inf2hw.disk_probe` in
-the CSDs' directory: with a profile that recorded it (`csd.ssd.probe_read_gbps` /
-`probe_write_gbps`), the emulated CSDs' flash curves are scaled by the probes around the run /
-those (`run_disk`; also off with `probe=False`). The model's bytes are the engine's: `model.dtype_bytes` is set to the engine dtype's
+the CSDs' directory: the ratio of the probes around the run to the profile's
+(`csd.ssd.probe_read_gbps` / `probe_write_gbps`) is recorded (`run_disk`), and with
+`disk_probe=True` the emulated CSDs' flash curves are scaled by it (off by default: on both
+machines the probe of one run varied 0.5-1.7x before vs after it and the scaling did not
+improve the tables, BENCHMARKS.md session 10). The model's bytes are the engine's: `model.dtype_bytes` is set to the engine dtype's
 size (fp32 on a CPU = 4) for both runs. A short warm-up run of the engine (prompt <= 32, gen_len=2)
 comes first so one-time costs (allocator, first kernels, page faults) do not count.
 With `repeat` > 1 the engine runs that many times and the median run (by total
@@ -81,6 +83,7 @@ class ValidationResult:
     compute_scale: float = 1.0  # the host's probe around the compared run / at calibration (host.compute_scale)
     op_runs: int = 1  # engine runs each measured op duration is the median of (`measured_ops`)
     disk_scale: Tuple[float, float] = (1.0, 1.0)  # the CSDs' disk probe around the run / at calibration, read and write
+    disk_applied: bool = False  # whether the DES ran the CSDs' flash at disk_scale (`disk_probe`)
 
     @property
     def worst_mape(self) -> Optional[float]:
@@ -172,7 +175,8 @@ def _loadavg() -> float:
 
 
 def validate_spec(spec: RunSpec, opts, out_dir: str, floor_ms: float = 1.0, warmup: bool = True,
-                  label: Optional[str] = None, plot: bool = True, repeat: int = 1, probe: bool = True) -> ValidationResult:
+                  label: Optional[str] = None, plot: bool = True, repeat: int = 1, probe: bool = True,
+                  disk_probe: bool = False) -> ValidationResult:
     """Run `spec` on the engine (with `opts`, an `inf2hw.run.EngineOptions`; the median of
     `repeat` runs is kept) and the DES; write emu/ sim/ validation.json and timeline.png
     under out_dir; return the comparison."""
@@ -193,7 +197,8 @@ def validate_spec(spec: RunSpec, opts, out_dir: str, floor_ms: float = 1.0, warm
     shutil.rmtree(out / "emu_runs", ignore_errors=True)
     for k in range(max(1, repeat)):
         measure_once(spec, opts, out)
-    return compare_run(spec, out, opts.dtype, floor_ms, label, plot, None, max(1, repeat), (load0, _loadavg()), probe)
+    return compare_run(spec, out, opts.dtype, floor_ms, label, plot, None, max(1, repeat), (load0, _loadavg()), probe,
+                       disk_probe=disk_probe)
 
 
 def measure_once(spec: RunSpec, opts, out: Path) -> float:
@@ -267,7 +272,7 @@ def with_disk_scale(hw, read: float, write: float):
 def compare_run(spec: RunSpec, out: Path, dtype: str = "fp32", floor_ms: float = 1.0, label: Optional[str] = None,
                 plot: bool = True, measured: Optional[Dict[str, float]] = None, repeat: int = 1,
                 load_avg: Tuple[float, float] = (float("nan"), float("nan")), probe: bool = True,
-                per_op_median: bool = True) -> ValidationResult:
+                per_op_median: bool = True, disk_probe: bool = False) -> ValidationResult:
     """Simulate `spec` into out/sim and compare it with the engine run kept in out/emu
     (metrics.json, trace.json): the second half of `validate_spec`, also usable alone to
     re-check a measured run against a changed profile or model without running it again.
@@ -283,8 +288,8 @@ def compare_run(spec: RunSpec, out: Path, dtype: str = "fp32", floor_ms: float =
     if scale != 1.0:
         hw = spec.hardware
         spec = replace(spec, hardware=replace(hw, host=replace(hw.host, compute_scale=scale)))
-    disk = run_disk(out / "emu", spec.hardware) if probe else (1.0, 1.0)
-    if disk != (1.0, 1.0):
+    disk = run_disk(out / "emu", spec.hardware)  # recorded always; applied with disk_probe
+    if probe and disk_probe and disk != (1.0, 1.0):
         spec = replace(spec, hardware=with_disk_scale(spec.hardware, *disk))
     te = measured or json.loads((out / "emu" / "metrics.json").read_text())["throughput"]
     spans_emu, op_runs = measured_ops(out, per_op_median)
@@ -295,7 +300,8 @@ def compare_run(spec: RunSpec, out: Path, dtype: str = "fp32", floor_ms: float =
                          _err(ts["total_tok_s"], te["total_tok_s"]), _err(ts["prefill_tok_s"], te["prefill_tok_s"]),
                          _err(ts["decode_tok_s"], te["decode_tok_s"]), compare_ops(spans_emu, spans_sim, floor_ms),
                          floor_ms, out_dir=str(out), measured=dict(te), simulated=dict(ts),
-                         repeat=repeat, load_avg=load_avg, compute_scale=scale, op_runs=op_runs, disk_scale=disk)
+                         repeat=repeat, load_avg=load_avg, compute_scale=scale, op_runs=op_runs, disk_scale=disk,
+                         disk_applied=probe and disk_probe and disk != (1.0, 1.0))
     if plot:
         from .validate_plot import plot_timelines
 

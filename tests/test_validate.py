@@ -52,6 +52,7 @@ def test_validate_cli_on_a_tiny_config(tmp_path):
     probe = json.loads((out / "emu" / "probe.json").read_text())  # the host's speed around the run
     assert probe["before_ms"] > 0 and probe["after_ms"] > 0 and res["compute_scale"] == 1.0  # paper_a100: no probe_ms
     assert len(probe["disk"]) == 2 and res["disk_scale"] == [1.0, 1.0]  # the CSDs' disk around it; no probe in the profile
+    assert res["disk_applied"] is False
 
 
 def test_results_table_has_the_acceptance_columns():

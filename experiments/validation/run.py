@@ -93,6 +93,8 @@ def main() -> None:
     ap.add_argument("--kept-run-ops", action="store_true",
                     help="per-op errors from the kept (median) run's ops alone, not each op's median over all the runs "
                          "(the tables before session 9)")
+    ap.add_argument("--disk-probe", action="store_true",
+                    help="simulate the emulated CSDs' flash at the disk probe's speed around each run (recorded always)")
     ap.add_argument("--no-probe", action="store_true",
                     help="simulate at the profile's host and disk speeds, not at those the probes around each run measured")
     a = ap.parse_args()
@@ -139,9 +141,11 @@ def main() -> None:
                 + ". Within bounds: |error| <= 10 % and every kind's MAPE <= 20 %.  ",
                 ("The DES runs at the profile's host and disk speeds (--no-probe).  " if a.no_probe else
                  "The DES runs the host's compute ops at the speed the probes around each compared run measured "
-                 "(column: probe / the profile's host.probe_ms; 1.000 where either is missing), and the emulated "
-                 "CSDs' flash at the disk probe's around it (last column: / the profile's csd.ssd.probe_*_gbps; "
-                 "1.00 where either is missing).  "),
+                 "(column: probe / the profile's host.probe_ms; 1.000 where either is missing)"
+                 + (", and the emulated CSDs' flash at the disk probe's around it (--disk-probe).  " if a.disk_probe
+                    else ".  ")),
+                "Last column: the disk probe around the run / the profile's csd.ssd.probe_*_gbps (1.00 where either "
+                "is missing)" + (", applied" if a.disk_probe and not a.no_probe else ", recorded, not applied") + ".  ",
                 f"{ok} of {len(results)} configurations within bounds"
                 + (f" ({len(failures)} more did not run, listed below)." if failures else "."), ""]
         body = [results_table(results), ""]
@@ -186,16 +190,17 @@ def main() -> None:
                 try:
                     if a.resim:
                         r = compare_run(spec, d, a.dtype, a.floor_ms, label, probe=not a.no_probe,
-                                        per_op_median=not a.kept_run_ops)
+                                        per_op_median=not a.kept_run_ops, disk_probe=a.disk_probe)
                     elif a.passes > 1:  # runs of the earlier passes are kept in d/emu_runs; one more, then compare
                         load0 = _load()
                         for _ in range(a.repeat):
                             measure_once(engine_spec(spec, a.dtype), opts, d)
                         r = compare_run(spec, d, a.dtype, a.floor_ms, label, True, None, a.passes - 1 + a.repeat,
-                                        (load0, _load()), probe=not a.no_probe, per_op_median=not a.kept_run_ops)
+                                        (load0, _load()), probe=not a.no_probe, per_op_median=not a.kept_run_ops,
+                                        disk_probe=a.disk_probe)
                     else:
                         r = validate_spec(spec, opts, str(d), floor_ms=a.floor_ms, label=label, repeat=a.repeat,
-                                          probe=not a.no_probe)
+                                          probe=not a.no_probe, disk_probe=a.disk_probe)
                 except Exception as e:  # report what failed and go on: the table says which configs ran
                     msg = " ".join(f"{type(e).__name__}: {e}".split())[:300]
                     failures.append((label, msg))
