@@ -99,3 +99,22 @@ def test_materialised_prefill_scores_cost_per_element():
     decode = replace(op, q_len=1, tokens=(0, 256), stored_len=255)  # linear in ctx: part of the rate
     assert compute_seconds(decode, replace(hw, gpu=replace(hw.gpu, attention_score_ns=2.0))) == \
         compute_seconds(decode, hw)
+
+
+def test_host_memory_timings_rotate_over_four_times_the_last_level_cache(tmp_path, monkeypatch):
+    """The largest cache sysfs lists for cpu0 sets how much K,V a CPU attention timing rotates
+    over (4x it, at least 64 MiB): a working set the L3 holds would time the cache, not memory."""
+    import glob
+
+    from inf2hw import calibrate_dense as D
+
+    files = []
+    for i, size in enumerate(("48K", "1024K", "300M", "n/a")):
+        f = tmp_path / f"index{i}_size"
+        f.write_text(size + "\n")
+        files.append(str(f))
+    monkeypatch.setattr(glob, "glob", lambda pattern: files)
+    assert D.host_llc_bytes() == 300 << 20 and D.host_rotation_bytes() == 1200 << 20
+    assert D._copies(69 << 20, D.host_rotation_bytes()) == 18  # 69 MB of K,V: 18 copies, not 1
+    monkeypatch.setattr(glob, "glob", lambda pattern: files[:2])  # a 1 MiB last level: the 64 MiB floor
+    assert D.host_rotation_bytes() == 64 << 20
