@@ -1,8 +1,9 @@
 """Measured op times of named model shapes (`GpuSpec.op_curves`) for the rates model.
 
 Called by `inf2sim.rates.work_seconds` before its roofline terms: a dense op (qkv, post,
-head) or a prompt attention on the dense device (`gpu.op_curves`), or a decode attention on
-the host CPU (`cpu.op_curves`), that a calibration timed for this model's shape (`inf2 calibrate calibrate.models=[...]`, `inf2hw.calibrate_ops`) takes the
+head) or a prompt attention on the dense device (`gpu.op_curves`, `inf2hw.calibrate_ops`),
+or a decode attention on the host CPU (`cpu.op_curves`, `inf2hw.calibrate_dense`), that a
+calibration timed for this model's shape (`inf2 calibrate calibrate.models=[...]`) takes the
 interpolated measured time instead of max(flops / rate, bytes / bandwidth). One rate per
 device cannot say how a given shape runs: on the 2-core VM the one GEMV rate simulated
 OPT-125M's decode projections at 1.01-1.29x their measured time and LLaMA-110M's (three

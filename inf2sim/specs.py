@@ -148,8 +148,8 @@ class StorageSpec:
     # stream of small requests beside large ones gets one small request per large one,
     # `inf2sim.des.disks`)
     shared_by: str = "bytes"
-    # `inf2hw.disk_probe` at calibration (GB/s; 0: none): `inf2 validate` scales the read (write)
-    # curves above by the probe around a run / this, for a disk whose speed drifts
+    # `inf2hw.disk_probe` at calibration (GB/s; 0: none): `inf2 validate` records the probe
+    # around a run / this, and with validate.disk_probe scales the read (write) curves by it
     probe_read_gbps: float = 0.0
     probe_write_gbps: float = 0.0
     # Reads and writes of all drives of this kind that the host serves at once, in the
