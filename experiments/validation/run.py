@@ -120,7 +120,7 @@ def main() -> None:
         k, _, v = kv.partition("=")
         extra[k] = json.loads(v) if v[:1] in "0123456789-[{tf" and v not in ("true", "false") else (
             v == "true" if v in ("true", "false") else v)
-    from inf2hw.validate import engine_spec, measure_once
+    from inf2hw.validate import engine_spec, measure_once, pick_median
 
     results, failures, t0 = [], [], time.time()
     def write_tables() -> int:
@@ -189,6 +189,8 @@ def main() -> None:
                 t1 = time.time()
                 try:
                     if a.resim:
+                        if not (d / "emu").exists() and (d / "emu_runs").exists():  # a packed sweep: runs only
+                            pick_median(d)
                         r = compare_run(spec, d, a.dtype, a.floor_ms, label, probe=not a.no_probe,
                                         per_op_median=not a.kept_run_ops, disk_probe=a.disk_probe)
                     elif a.passes > 1:  # runs of the earlier passes are kept in d/emu_runs; one more, then compare
