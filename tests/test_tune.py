@@ -60,6 +60,31 @@ def test_falls_back_to_the_start_when_the_des_disagrees(spec_of, monkeypatch):
     assert r.best is r.start and r.overlay() == "" and r.spec == spec and r.speedup == 1.0
 
 
+@pytest.mark.parametrize("min_gain, picks_it", [(0.0, True), (0.05, False), (0.02, True)])
+def test_a_gain_inside_min_gain_keeps_the_start(spec_of, monkeypatch, min_gain, picks_it):
+    """A fake DES that rates every candidate 3 % above the start: chosen with min_gain 0 or 2 %,
+    not with the default 5 % (a predicted gain inside the DES's error band)."""
+    import importlib
+
+    sim_mod = importlib.import_module("inf2sim.simulate")
+    from inf2sim.metrics import Metrics
+
+    spec = spec_of(policy="ans_xcache", model="opt-6.7b", **SMALL, **{"workload.batch": 8, "workload.prompt_len": 256,
+                                                                     "hardware.csd_count": 4})
+
+    def fake(s, **_):
+        is_start = all(getattr(s.policy, f) == getattr(spec.policy, f) for f in ("weights", "xcache", "partition")) \
+            and s.workload == spec.workload
+        return Metrics(status="ok", policy=s.policy.name, throughput={"total_tok_s": 10.0 if is_start else 10.3})
+
+    monkeypatch.setattr(sim_mod, "simulate_spec", fake)
+    r = tune(spec, top_k=2, min_gain=min_gain)
+    assert (r.best is not r.start) == picks_it
+    assert r.speedup == pytest.approx(1.03 if picks_it else 1.0)
+    with pytest.raises(SpecError, match="tune.min_gain"):
+        tune(spec, top_k=2, min_gain=-0.1)
+
+
 def test_overlay_round_trips_through_the_config(spec_of):
     spec = spec_of(policy="inf2", model="opt-6.7b", **SMALL, **{"workload.batch": 6, "hardware.csd_count": 4})
     start = {k: _get(spec, k) for k in KEYS}

@@ -42,6 +42,8 @@ def main() -> None:
     ap.add_argument("--direct-io", default="auto")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--knobs", default="", help="comma list of tuner knobs (default: all the policy reads)")
+    ap.add_argument("--min-gain", type=float, default=None,
+                    help="the tuner's minimum DES-predicted gain to leave the start (default: inf2sim.tune.MIN_GAIN)")
     ap.add_argument("--set", action="append", default=[], help="extra key=value override")
     ap.add_argument("--out", default="")
     ap.add_argument("--work", default="")
@@ -56,7 +58,7 @@ def main() -> None:
     from inf2hw.run import EngineOptions, run_engine
     from inf2hw.validate import engine_spec
     from inf2sim.simulate import simulate_spec
-    from inf2sim.tune import tune
+    from inf2sim.tune import MIN_GAIN, tune
 
     cache_weights()
     extra = dict(kv.split("=", 1) for kv in a.set)
@@ -68,8 +70,9 @@ def main() -> None:
     spec0 = engine_spec(build_spec(a.model, a.prompt, "inf2", a.hardware, a.batch, a.gen, extra), a.dtype)
     torch.set_num_threads(spec0.hardware.cpu.threads or torch.get_num_threads())
     t0 = time.time()
+    min_gain = MIN_GAIN if a.min_gain is None else a.min_gain
     r = tune(replace(spec0, sim=replace(spec0.sim, trace=False)), knobs=a.knobs.split(",") if a.knobs else None,
-             progress=True)
+             progress=True, min_gain=min_gain)
     spec1 = replace(r.spec, sim=spec0.sim)
     print(f"tuned in {time.time() - t0:.0f} s: {r.overlay() or '(start is best)'}", flush=True)
     sim = {k: simulate_spec(replace(s, sim=replace(s.sim, trace=False))).throughput["total_tok_s"]
@@ -96,7 +99,8 @@ def main() -> None:
              f"Machine: {platform.node()} {platform.machine()}, device={a.device}, dtype={a.dtype}, "
              f"{a.model} batch {a.batch} prompt {a.prompt} gen {a.gen}, engine runs {a.repeat} each, the two policies "
              f"alternating (median compared)  ",
-             f"Tuner overlay (`inf2 tune`, start = the default `inf2` policy): `{r.overlay() or '(none)'}`", "",
+             f"Tuner overlay (`inf2 tune`, start = the default `inf2` policy, min_gain {min_gain:g}): "
+             f"`{r.overlay() or '(none)'}`", "",
              "| policy | simulated tok/s | measured tok/s | error |", "|---|---|---|---|"]
     for k in ("default", "tuned"):
         lines.append(f"| {k} | {sim[k]:.3f} | {meas[k]:.3f} | {100 * (sim[k] / meas[k] - 1):+.1f} % |")
