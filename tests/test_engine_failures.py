@@ -93,6 +93,7 @@ from dataclasses import replace
 from inf2hw.run import EngineOptions, run_engine
 from inf2sim.config import default_config, specs_from_config
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored (a background job)
     r = specs_from_config(default_config(model="opt-125m", policy="ans", **{{"workload.batch": 4, "workload.prompt_len": 12,
         "workload.gen_len": 10, "hardware.csd_count": 2}}))
     r = replace(r, model=replace(r.model, num_layers=2))
