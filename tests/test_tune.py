@@ -39,8 +39,9 @@ def test_tuner_is_never_worse_than_the_start_under_the_des(spec_of, policy, mode
         assert c.des_over_analytic is not None and 0.3 < c.des_over_analytic <= 1.02
 
 
-def test_falls_back_to_the_start_when_the_des_disagrees(spec_of, monkeypatch):
-    """A fake DES that rates every candidate below the start: the start comes back."""
+def _fake_des(spec_of, monkeypatch, others_tok_s: float):
+    """A small ans_xcache spec, and a fake DES that rates its start 10 tok/s and every other
+    candidate `others_tok_s`."""
     import importlib
 
     sim_mod = importlib.import_module("inf2sim.simulate")  # the module, not the function inf2sim exports
@@ -52,9 +53,15 @@ def test_falls_back_to_the_start_when_the_des_disagrees(spec_of, monkeypatch):
     def fake(s, **_):
         is_start = all(getattr(s.policy, f) == getattr(spec.policy, f) for f in ("weights", "xcache", "partition")) \
             and s.workload == spec.workload
-        return Metrics(status="ok", policy=s.policy.name, throughput={"total_tok_s": 10.0 if is_start else 9.0})
+        return Metrics(status="ok", policy=s.policy.name, throughput={"total_tok_s": 10.0 if is_start else others_tok_s})
 
     monkeypatch.setattr(sim_mod, "simulate_spec", fake)
+    return spec
+
+
+def test_falls_back_to_the_start_when_the_des_disagrees(spec_of, monkeypatch):
+    """A fake DES that rates every candidate below the start: the start comes back."""
+    spec = _fake_des(spec_of, monkeypatch, 9.0)
     r = tune(spec, top_k=2)
     assert len(r.confirmed) == 3
     assert r.best is r.start and r.overlay() == "" and r.spec == spec and r.speedup == 1.0
@@ -64,20 +71,7 @@ def test_falls_back_to_the_start_when_the_des_disagrees(spec_of, monkeypatch):
 def test_a_gain_inside_min_gain_keeps_the_start(spec_of, monkeypatch, min_gain, picks_it):
     """A fake DES that rates every candidate 3 % above the start: chosen with min_gain 0 or 2 %,
     not with the default 5 % (a predicted gain inside the DES's error band)."""
-    import importlib
-
-    sim_mod = importlib.import_module("inf2sim.simulate")
-    from inf2sim.metrics import Metrics
-
-    spec = spec_of(policy="ans_xcache", model="opt-6.7b", **SMALL, **{"workload.batch": 8, "workload.prompt_len": 256,
-                                                                     "hardware.csd_count": 4})
-
-    def fake(s, **_):
-        is_start = all(getattr(s.policy, f) == getattr(spec.policy, f) for f in ("weights", "xcache", "partition")) \
-            and s.workload == spec.workload
-        return Metrics(status="ok", policy=s.policy.name, throughput={"total_tok_s": 10.0 if is_start else 10.3})
-
-    monkeypatch.setattr(sim_mod, "simulate_spec", fake)
+    spec = _fake_des(spec_of, monkeypatch, 10.3)
     r = tune(spec, top_k=2, min_gain=min_gain)
     assert (r.best is not r.start) == picks_it
     assert r.speedup == pytest.approx(1.03 if picks_it else 1.0)
