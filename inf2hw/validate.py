@@ -289,7 +289,8 @@ def compare_run(spec: RunSpec, out: Path, dtype: str = "fp32", floor_ms: float =
         hw = spec.hardware
         spec = replace(spec, hardware=replace(hw, host=replace(hw.host, compute_scale=scale)))
     disk = run_disk(out / "emu", spec.hardware)  # recorded always; applied with disk_probe
-    if probe and disk_probe and disk != (1.0, 1.0):
+    disk_applied = probe and disk_probe and disk != (1.0, 1.0)
+    if disk_applied:
         spec = replace(spec, hardware=with_disk_scale(spec.hardware, *disk))
     te = measured or json.loads((out / "emu" / "metrics.json").read_text())["throughput"]
     spans_emu, op_runs = measured_ops(out, per_op_median)
@@ -301,7 +302,7 @@ def compare_run(spec: RunSpec, out: Path, dtype: str = "fp32", floor_ms: float =
                          _err(ts["decode_tok_s"], te["decode_tok_s"]), compare_ops(spans_emu, spans_sim, floor_ms),
                          floor_ms, out_dir=str(out), measured=dict(te), simulated=dict(ts),
                          repeat=repeat, load_avg=load_avg, compute_scale=scale, op_runs=op_runs, disk_scale=disk,
-                         disk_applied=probe and disk_probe and disk != (1.0, 1.0))
+                         disk_applied=disk_applied)
     if plot:
         from .validate_plot import plot_timelines
 

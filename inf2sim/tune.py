@@ -305,7 +305,7 @@ def tune(spec: RunSpec, knobs: Optional[Sequence[str]] = None, top_k: int = 3, *
 
     if any(k not in KNOBS for k in knobs or ()):
         raise SpecError(f"tune knobs {list(knobs)} are not all known; choose from {', '.join(KNOBS)}")
-    if not 0 <= min_gain < 10:
+    if not min_gain >= 0:  # (NaN too)
         raise SpecError(f"tune.min_gain={min_gain!r} is not allowed; give a fraction >= 0 (0.05 = 5 %)")
     usable = [k for k in applicable_knobs(spec) if knobs is None or k in knobs]
     start = {k: _get(spec, k) for k in KEYS}
@@ -404,7 +404,7 @@ def tune_cli(cfg, out_dir) -> TuneResult:
         print(f"skipped (plan builder failed): {e}")
     ov = r.overlay()
     print(f"overlay: {ov}" if ov else "overlay: (none: nothing found beats the starting policy by more than "
-          f"tune.min_gain)")
+          "tune.min_gain)")
     print("command: " + " ".join(["inf2", *_user_overrides(ov), *ov.split()]))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

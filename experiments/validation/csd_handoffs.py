@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from op_medians import quantile  # noqa: E402
 
 
 def _tag(name: str) -> str:
@@ -34,9 +35,8 @@ def _tag(name: str) -> str:
 
 
 def _stats(xs) -> str:
-    xs = sorted(xs)
-    return (f"n={len(xs):4d}  p10 {xs[len(xs) // 10] * 1e3:7.3f}  median {statistics.median(xs) * 1e3:7.3f}  "
-            f"p90 {xs[9 * len(xs) // 10] * 1e3:7.3f} ms")
+    return (f"n={len(xs):4d}  p10 {quantile(xs, 0.1) * 1e3:7.3f}  median {statistics.median(xs) * 1e3:7.3f}  "
+            f"p90 {quantile(xs, 0.9) * 1e3:7.3f} ms")
 
 
 def main() -> None:

@@ -16,6 +16,8 @@ import json
 import statistics
 from pathlib import Path
 
+from op_medians import quantile  # this directory (the script's) is on sys.path
+
 
 def collect(work: Path) -> list:
     """[{"run": "<config>/run<k>", "before": {...}, "after": {...}}] of runs with both probes."""
@@ -28,9 +30,7 @@ def collect(work: Path) -> list:
 
 
 def _q(xs) -> str:
-    xs = sorted(xs)
-    return (f"p10 {xs[len(xs) // 10]:.2f}  median {statistics.median(xs):.2f}  "
-            f"p90 {xs[min(len(xs) - 1, 9 * len(xs) // 10)]:.2f}")
+    return f"p10 {quantile(xs, 0.1):.2f}  median {statistics.median(xs):.2f}  p90 {quantile(xs, 0.9):.2f}"
 
 
 def main() -> None:

@@ -45,13 +45,14 @@ def _load(src: Path):
     return out
 
 
-def _q(xs, p: float) -> float:
+def quantile(xs, p: float) -> float:
+    """The p-quantile of xs (nearest rank; also used by the other scripts here)."""
     s = sorted(xs)
     return s[min(len(s) - 1, int(p * (len(s) - 1) + 0.5))]
 
 
 def _fmt(xs) -> str:
-    return f"{statistics.median(xs):8.3f} [{_q(xs, 0.1):.3f}, {_q(xs, 0.9):.3f}]"
+    return f"{statistics.median(xs):8.3f} [{quantile(xs, 0.1):.3f}, {quantile(xs, 0.9):.3f}]"
 
 
 def main() -> None:
