@@ -309,8 +309,9 @@ def host_llc_bytes() -> int:
 
 def host_rotation_bytes() -> int:
     """Bytes a host-memory timing loop rotates over: 4x the last-level cache, at least 64 MiB
-    (with 64 MiB an H100 host's per-row CPU attention curve at 256 rows ran 20-28 % fast against
-    the engine's 1280-row calls, whose 346 MB no cache holds: BENCHMARKS.md, session 10)."""
+    (with 64 MiB an H100 host's 300 MiB L3 held the per-row CPU attention curve's working set
+    at 256 rows, and the DES gave the engine's 1280-row calls, whose 346 MB no cache holds,
+    0.67-0.80 of their measured time: BENCHMARKS.md, session 10)."""
     return max(64 << 20, 4 * host_llc_bytes())
 
 
