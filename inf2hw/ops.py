@@ -147,12 +147,6 @@ class OpRunner:
             self.d2h_stream = torch.cuda.Stream()
             self.d2h = StampedPool(max_workers=1, thread_name_prefix="inf2-d2h")
             wl = ctx.spec.workload
-            layers = ctx.weights.layers
-            if layers and not layers[0].wq.is_cuda:  # streamed layers: both GPU slots made before the clock
-                # (made at a step-0 load, each tensor's cudaMalloc waited on the copies before it: the
-                # first compute op waited ~12 ms, two layers' copies, on the H100, run s10d)
-                self.w_slots = [layers[0]._map(lambda t: torch.empty_like(t, device=ctx.device))
-                                for _ in range(2)]
             for store in (ctx.coop_store, ctx.host_kv):  # GPU <-> host every step: pinned where it fits, before the clock
                 if store is not None and ctx.pin_host:
                     store.pin_memory = True

@@ -93,20 +93,6 @@ def test_streamed_weights_use_two_gpu_slots(tmp_path):
     assert torch.cuda.max_memory_allocated() < r.model.embed_bytes() * 3 + 6 * layer + 256 * 2**20
 
 
-def test_streamed_weight_slots_exist_before_the_first_load(tmp_path, monkeypatch):
-    """Both GPU weight slots are allocated before the clock: made at step 0's loads, each
-    tensor's allocation waited on the copies before it and the first compute op with it."""
-    from inf2hw import ops_io
-
-    seen = []
-    real = ops_io._weights
-    monkeypatch.setattr(ops_io, "_weights", lambda r, op: (seen.append(list(r.w_slots)), real(r, op))[1])
-    r = _spec("opt-125m", "flexgen_dram", {})
-    run_engine(replace(r, workload=replace(r.workload, gen_len=2)), EngineOptions(device="cuda", dtype="fp16"),
-               out_dir=str(tmp_path))
-    assert seen and all(s is not None and s.wq.is_cuda for s in seen[0])
-
-
 def test_q_d2h_slots_land_the_rows_and_alternate_by_step():
     from inf2hw.qkv_host import HostQkvSlots
 
