@@ -10,9 +10,10 @@ r = seq * num_kv_heads + kv_head ([rows, tokens, head_dim]); a row's query heads
 [rows, group, head_dim] (see `inf2hw.attention`). Host-side tensors live on the
 CPU in the storage dtype; dense compute runs on `device` in the compute dtype.
 
-GPU (device=cuda). Dense work and GPU attention are enqueued on the default
-("compute") stream and return at once; streamed weights go host (pinned) -> one of
-two GPU weight slots on the copy stream, cooperative X loads host (pinned) -> one of
+GPU (device=cuda). Dense work and GPU attention are enqueued on the compute stream
+(the runner's own, current on the engine thread for the run) and return at once; streamed
+weights go host (pinned) -> one of two GPU weight slots on the copy stream, as do the
+attention results made off the GPU (`o_h2d`, staged pinned); cooperative X loads host (pinned) -> one of
 `X_RING` GPU buffers per micro-batch on the X stream. `stream_for(op)` tells the
 engine which stream an op's kernels go to; the engine orders streams by events
 (see `inf2hw.engine`), so no op waits for the whole device. The host waits for the
@@ -143,6 +144,10 @@ class OpRunner:
         self.qkv_slots: Optional[HostQkvSlots] = None  # pinned q_d2h buffers (CUDA; `inf2hw.qkv_host`)
         if self.cuda:
             self.copy_stream = ctx.copy_stream or torch.cuda.Stream()
+            # the engine thread's compute (and its D2H copies): a stream of its own, current for the
+            # whole run (`inf2hw.run`), not the legacy default stream, where step 0's first compute op
+            # waited for the weight copies issued before it (23 ms on the H100: benchmarks/step_issue.py)
+            self.compute_stream = torch.cuda.Stream()
             self.x_stream = torch.cuda.Stream()
             self.d2h_stream = torch.cuda.Stream()
             self.d2h = StampedPool(max_workers=1, thread_name_prefix="inf2-d2h")
@@ -200,13 +205,26 @@ class OpRunner:
 
     def parts_to_device(self, L: int, m: int) -> None:
         """o_h2d: the attention results of (L, m) computed off the GPU (host attention, CSD
-        fetches) onto it, in their own dtype, so that `post` only computes. A copy from
-        pageable memory first waits for the work queued on the stream; in this op that wait
-        is the transfer's, as the plan has it. (One packed copy for all of them measured no
-        faster on an H100: BENCHMARKS.md, session 6.)"""
+        fetches) onto it, in their own dtype, so that `post` only computes: staged in pinned
+        memory (a host copy of a few hundred KB) and copied asynchronously on the weights'
+        copy stream (the op's stream, `stream_for`), which `post` waits for. Its span starts
+        when the copy stream reaches it, as the DES's does when the copy engine takes it (a
+        synchronous pageable copy held the engine's thread, and its span, behind the next
+        layer's weights: 13-14 ms where the copy takes 0.03 ms, qwen2.5-32b-4l on the H100,
+        h100_s11c). (One packed copy for all of them measured no faster on an H100:
+        BENCHMARKS.md, session 6.)"""
         if self.cuda and (L, m) in self.parts:
-            self.parts[(L, m)] = [p if p[0] == "heads" else p[:3] + tuple(t.to(self.c.device) for t in p[3:])
+            self.parts[(L, m)] = [p if p[0] == "heads" else p[:3] + tuple(self._to_device_async(t) for t in p[3:])
                                   for p in self.parts[(L, m)]]
+
+    def _to_device_async(self, t: torch.Tensor) -> torch.Tensor:
+        """Host tensor -> GPU on the current stream without holding the host (pinned staging);
+        the copy is kept alive for the compute stream that reads it."""
+        if t.is_cuda:
+            return t
+        g = t.pin_memory().to(self.c.device, non_blocking=True)
+        g.record_stream(self.compute_stream)
+        return g
 
     def stream_for(self, op: Op):
         """The CUDA stream op's GPU work is enqueued on, or None for host-side ops."""
@@ -217,11 +235,13 @@ class OpRunner:
                 return self.copy_stream
             if op.dst == "gpu" and tag_of(op) == "xload":
                 return self.x_stream
+            if tag_of(op) == "o_h2d":
+                return self.copy_stream
             if op.src == "gpu" and tag_of(op) != "kvstore":  # kvstore leaves on the D2H thread
-                return torch.cuda.current_stream()
+                return self.compute_stream
             return None
         if isinstance(op, (DenseCompute, Attention)) and op.device == "gpu":
-            return torch.cuda.current_stream()
+            return self.compute_stream
         return None
 
     def csd_of(self, op: Op) -> Optional[int]:

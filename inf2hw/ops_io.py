@@ -204,20 +204,40 @@ def _host_write(r, store, L: int, m: int, t0: int, *tensors) -> None:
 
 
 def _to_store(r, store, L: int, m: int, t0: int, tensors) -> None:
-    """GPU rows [rows, n, width] -> positions t0.. of a host store, by DMA straight into a
-    pinned store (asynchronous, on the current stream) or through a host copy."""
+    """GPU rows [rows, n, width] -> positions t0.. of a host store: into a pinned store by
+    DMA (on the current stream), else through a host copy. A prompt's rows padded to the
+    store's capacity go in one copy per tensor (`_padded`); a decode step's token in one copy
+    per tensor into pinned staging, then placed row by row on the host; else one copy per
+    row. (One DMA per row of a GQA model's K,V, 2 x 256 of them, took the engine's thread
+    4-6 ms a step to issue, and xload's copies queued behind them: qwen2.5-32b-4l, h100_s11c.)"""
     if r.cuda and store.pin_memory and r.c.coop_disk is None:
-        for dst, src in zip(store._get(L, m), tensors):
+        dsts = store._get(L, m)
+        if tensors[0].shape[1] == 1:
+            staged = [torch.empty(src.shape, dtype=src.dtype, pin_memory=True) for src in tensors]
+            for st, src in zip(staged, tensors):
+                st.copy_(src, non_blocking=True)
+            torch.cuda.current_stream().synchronize()  # the host places them next
+            for dst, st in zip(dsts, staged):
+                dst[:, t0 : t0 + 1].copy_(st)
+            return
+        for dst, src in zip(dsts, tensors):
             n = src.shape[1]
-            for i in range(src.shape[0]):
-                dst[i, t0 : t0 + n].copy_(src[i], non_blocking=True)
+            if t0 == 0:
+                src = _padded(src, dst.shape[1])  # positions past n: garbage the decode steps overwrite first
+            if src.shape[1] == dst.shape[1]:
+                dst.copy_(src, non_blocking=True)
+            else:
+                for i in range(src.shape[0]):
+                    dst[i, t0 : t0 + n].copy_(src[i, :n], non_blocking=True)
         return
     store.write(L, m, t0, *(r._host(t) for t in tensors))
 
 
 def _x_to_gpu(r, L: int, m: int, hist: int):
     """xload, X-cache in host memory: positions [0, hist) of every cooperative row, by DMA
-    into this micro-batch's ring buffer for layer L (one contiguous copy per row)."""
+    into this micro-batch's ring buffer for layer L: the whole store in one copy per tensor
+    while at most a quarter of it lies past `hist` (those positions are not read), else one
+    contiguous copy per row."""
     store = r.c.coop_store
     srcs = store._get(L, m)
     key = (m, L % X_RING)
@@ -225,8 +245,11 @@ def _x_to_gpu(r, L: int, m: int, hist: int):
         r.x_bufs[key] = tuple(torch.empty_like(t, device=r.c.device) for t in srcs)
     out = []
     for dst, src in zip(r.x_bufs[key], srcs):
-        for i in range(src.shape[0]):
-            dst[i, :hist].copy_(src[i, :hist], non_blocking=True)
+        if (src.shape[1] - hist) * 4 <= src.shape[1]:
+            dst.copy_(src, non_blocking=True)
+        else:
+            for i in range(src.shape[0]):
+                dst[i, :hist].copy_(src[i, :hist], non_blocking=True)
         out.append(dst[:, :hist])
     return out
 

@@ -181,10 +181,7 @@ def run_engine(spec: RunSpec, opts: EngineOptions, out_dir: Optional[str] = None
     try:
         if builder.attention_on == "csd":
             _make_csds(spec, builder, opts, dirs, cdt, into=ctx.csds)
-        # the engine thread's GPU work goes on a stream of its own, not the legacy default stream:
-        # there the first step's first compute op waited for the weight copies issued before it
-        # (23 ms on the H100: benchmarks/step_issue.py, BENCHMARKS.md session 11)
-        compute = torch.cuda.Stream() if opts.device.startswith("cuda") else None
+        compute = engine.runner.compute_stream if engine.runner.cuda else None  # current for the run (`OpRunner`)
         with torch.inference_mode(), torch.cuda.stream(compute):  # (None: no-op, the CPU)
             spans = drive(plan.steps(), engine, on_step)
     finally:
