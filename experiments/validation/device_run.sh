@@ -14,13 +14,14 @@ cd "$CODE"
   python3 -c "import torch, os; print('torch', torch.__version__, torch.cuda.get_device_name(0), os.cpu_count(), 'cpus')"
   df -h /tmp | tail -1; findmnt -n -o FSTYPE,SOURCE -T /tmp; date -Is; } 2>&1 | tee "$OUT/device.txt"
 NAME=${NAME:-h100}
+rm -f conf/hardware/$NAME.yaml  # this copy's: the validation must use the profile calibrated now, or none
 timeout ${CAL_S:-240} python3 -c "from inf2sim.cli import main; main()" calibrate calibrate.name=$NAME \
   calibrate.quick=${QUICK:-true} calibrate.device=cuda dtype=fp16 calibrate.threads=${THREADS:-8} \
   calibrate.procs=4 calibrate.csd_count=4 calibrate.ssd_count=4 calibrate.dir=/tmp/inf2-calib \
   "calibrate.models=[${MODELS:-opt-13b-4l}]" \
   hydra.run.dir=/tmp/cal 2>&1 | grep -v "bench/s" | tee "$OUT/log.txt"
 cp conf/hardware/$NAME.yaml /tmp/cal/calibration.json "$OUT/" 2>/dev/null
-[ -f conf/hardware/$NAME.yaml ] || { echo "no profile written"; exit 1; }
+[ -f conf/hardware/$NAME.yaml ] || { echo "no profile written (calibration past CAL_S=${CAL_S:-240} s?)"; exit 1; }
 timeout ${VAL_S:-420} python3 experiments/validation/run.py --hardware $NAME --device cuda --dtype fp16 \
   --out /tmp/val --work /tmp/vw --csd-dir /tmp/inf2-kv --tar "$OUT/runs.tgz" "$@" 2>&1 | grep -v "tok/s\]\|it/s\]" | tee -a "$OUT/log.txt"
 cp /tmp/val/table.md /tmp/val/results.json "$OUT/" 2>/dev/null
