@@ -3,7 +3,7 @@
 Run by hand (it is the acceptance table of docs/calibration.md):
 
     python experiments/validation/run.py --hardware local            # this CPU, emulated CSDs
-    python experiments/validation/run.py --hardware h100 --device cuda --dtype fp16 --models opt-13b-4l
+    python experiments/validation/run.py --hardware h100 --device cuda --dtype fp16 --models opt-13b-4l,qwen2.5-32b-4l
 
 For each configuration it calls `inf2hw.validate.validate_spec` (engine, then DES, both on
 the named calibrated profile) and writes, under --out (default
@@ -12,7 +12,7 @@ command, the machine and the date), results.json (every number, per-op-kind erro
 included) and, per configuration, its validation.json / timeline.png under --work
 (default outputs/validation/<hardware>/, not committed; --png copies one timeline into
 --out). Models (--models, conf/model names): opt-125m (MHA) and llama-110m (GQA, llama-tiny
-widened); opt-13b-4l on the H100. Units: tokens/s; errors in percent.
+widened); opt-13b-4l (MHA) and qwen2.5-32b-4l (GQA) on the H100. Units: tokens/s; errors in percent.
 """
 from __future__ import annotations
 
