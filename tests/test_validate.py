@@ -182,3 +182,22 @@ def test_midpoint_profile_averages_numbers_and_keeps_names():
     assert mid["gpu"]["decode_attention_us"] == [20, 30] and mid["gpu"]["decode_attention_kib"] == [1, 2]
     assert mid["cpu"]["attention_us"] == [6, 12] and mid["cpu"]["attention_kib"] == [1, 4]  # other sizes: AFTER's
     assert mid["host"]["core_devices"] == ["gpu", "cpu", "fpga"] and mid["name"] == "b"
+
+
+def test_step_compare_times_each_step_from_the_previous_steps_end(tmp_path):
+    """step_compare's step durations: a step lasts from the previous step's last end (the
+    run's first op for the first) to its own last end, so overlapping steps are not counted twice."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "validation" / "step_compare.py"
+    spec = importlib.util.spec_from_file_location("step_compare", path)
+    sc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sc)
+
+    def ev(name, step, ts_ms, dur_ms):
+        return {"name": name, "ph": "X", "ts": ts_ms * 1e3, "dur": dur_ms * 1e3, "pid": 1, "tid": 1,
+                "args": {"step": step}}
+
+    evs = [ev("s0.a", 0, 5, 10), ev("s0.b", 0, 8, 20), ev("s1.a", 1, 20, 4), ev("s1.b", 1, 26, 9)]
+    assert sc.step_durations_ms(evs) == {0: 23.0, 1: 7.0}  # 5 -> 28, then 28 -> 35
