@@ -208,8 +208,9 @@ def _to_store(r, store, L: int, m: int, t0: int, tensors) -> None:
     DMA (on the current stream), else through a host copy. A prompt's rows padded to the
     store's capacity go in one copy per tensor (`_padded`); a decode step's token in one copy
     per tensor into pinned staging, then placed row by row on the host; else one copy per
-    row. (One DMA per row of a GQA model's K,V, 2 x 256 of them, took the engine's thread
-    4-6 ms a step to issue, and xload's copies queued behind them: qwen2.5-32b-4l, h100_s11c.)"""
+    row. (One DMA per row of a GQA model's K,V, 2 x 256 of them a layer, took the engine's
+    thread 4-6 ms a step to issue here, and xload's as many held it up to 31 ms until the copy
+    engine drained: qwen2.5-32b-4l on the H100, h100_s11c, benchmarks/step_issue.py.)"""
     if r.cuda and store.pin_memory and r.c.coop_disk is None:
         dsts = store._get(L, m)
         if tensors[0].shape[1] == 1:
