@@ -81,6 +81,7 @@ def model_ops(cal: "Calibration", dev: str, names, quick: bool, tick) -> None:
     import torch
 
     from . import model as M
+    from .calibrate_dense import host_rotation_bytes  # (it imports this module)
     from .run import DTYPES
 
     dt = DTYPES[cal.opts.dtype]
@@ -108,8 +109,15 @@ def model_ops(cal: "Calibration", dev: str, names, quick: bool, tick) -> None:
     work = lambda s: max(0.0, s - fixed_s) * 1e6  # noqa: E731  (us beyond the fixed cost)
     for name in names:
         md = load_model(name, torch.empty((), dtype=dt).element_size())
-        # enough layers that their weights exceed the caches (>= 64 MB on a CPU, 256 MB on a GPU)
-        n_layers = int(np.clip(-(-((256 if gpu else 64) << 20) // md.layer_weight_bytes()), 2, 8))
+        # enough layers that their weights exceed the caches: 256 MB on a GPU; on a CPU the
+        # host-memory rotation (4x the last-level cache, >= 64 MiB), but no more layers than the
+        # model has (a step's weights are its layers): over 3 layers (84 MB) a 2-vCPU VM on a
+        # host with a 480 MiB L3 timed opt-125m's decode `post` at 2.3 ms, over its 12 layers
+        # at 3.1 ms, as the engine measured (3.05 ms; BENCHMARKS.md, session 11)
+        if gpu:
+            n_layers = int(np.clip(-(-(256 << 20) // md.layer_weight_bytes()), 2, 8))
+        else:
+            n_layers = int(np.clip(-(-host_rotation_bytes() // md.layer_weight_bytes()), 2, max(2, md.num_layers)))
         w = M.init_random(replace(md, num_layers=n_layers), dtype=dt, device=dev)
         grid = token_grid(max_tok)
         qkv_us, post_us = [], []
