@@ -111,9 +111,9 @@ def model_ops(cal: "Calibration", dev: str, names, quick: bool, tick) -> None:
         md = load_model(name, torch.empty((), dtype=dt).element_size())
         # enough layers that their weights exceed the caches: 256 MB on a GPU; on a CPU the
         # host-memory rotation (4x the last-level cache, >= 64 MiB), but no more layers than the
-        # model has (a step's weights are its layers): over 3 layers (84 MB) a 2-vCPU VM on a
-        # host with a 480 MiB L3 timed opt-125m's decode `post` at 2.3 ms, over its 12 layers
-        # at 3.1 ms, as the engine measured (3.05 ms; BENCHMARKS.md, session 11)
+        # model has (a step's weights are its layers): over 3 layers (85 MB) a 2-vCPU VM on a
+        # host with a 480 MiB L3 timed opt-125m's decode `post` at 2.0 ms, over its 12 layers
+        # at 3.0 ms, as the engine measured (3.05 ms; benchmarks/op_curve_layers.py, session 11)
         if gpu:
             n_layers = int(np.clip(-(-(256 << 20) // md.layer_weight_bytes()), 2, 8))
         else:
