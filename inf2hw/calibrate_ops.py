@@ -148,13 +148,22 @@ def model_ops(cal: "Calibration", dev: str, names, quick: bool, tick) -> None:
         head_us = []
         probes.clear()
         for b in hgrid:
-            x = torch.randn(b, 1, md.hidden, device=dev).to(dt)
+            x = torch.randn(b, 1, md.hidden, device=dev).to(dt)  # [b, 1, hidden]
             with torch.inference_mode():
-                head_us.append(work(beside(lambda: _alternating_s(
-                    [lambda: M.head(w, x)[:, -1].float().argmax(-1)], sync, budget)[0])))
+                fns = [lambda: M.head(w, x)[:, -1].float().argmax(-1)]
+                if not gpu:  # after a decode step's walk over the layers, as the engine calls it: alone,
+                    # the caches kept the head's matrix between calls (opt-125m: 20.3 against 23.3 ms
+                    # after the walk, engine 22.5 ms, on a 480 MiB L3; benchmarks/op_curve_layers.py --head)
+                    att = torch.randn(b, md.num_heads, 1, md.head_dim, device=dev).to(dt)  # [b, heads, 1, d]
+                    pos = torch.zeros(b, 1, dtype=torch.long, device=dev)
+                    rope = M.rope_tables(md, pos, dt)
+                    for lw in w.layers:
+                        fns += [lambda lw=lw: M.qkv(lw, md, x, pos, rope), lambda lw=lw: M.post(lw, md, x, att)]
+                head_us.append(work(beside(lambda: _alternating_s(fns, sync, budget * max(1, len(fns) // 2))[0])))
+        walk = "" if gpu else f", each call after qkv and post over the {n_layers} layers' weights above"
         cal.put_op_curve("head", name, md.dense_flops_per_token("head"), hgrid, head_us,
                          f"median of the engine's model.head on the last position of b sequences of {name}, then "
-                         f"the argmax it takes (left on the device), {cal.opts.dtype} on {dev}, less dense_op_us",
+                         f"the argmax it takes (left on the device){walk}, {cal.opts.dtype} on {dev}, less dense_op_us",
                          probe_ms=probes)
         w = None  # free this model before the next
         tick()
