@@ -33,7 +33,7 @@ def main() -> None:
     a = ap.parse_args()
     from inf2hw import model as M
     from inf2hw.calibrate_dense import host_llc_bytes, host_rotation_bytes
-    from inf2hw.calibrate_ops import _alternating_s, _shape, load_model
+    from inf2hw.calibrate_ops import _alternating_s, _shape, layer_walk, load_model
 
     torch.set_num_threads(1)
     md = load_model(a.model, 4)
@@ -45,14 +45,8 @@ def main() -> None:
     for n in [int(x) for x in a.layers.split(",")]:
         w = M.init_random(replace(md, num_layers=n), dtype=torch.float32, device="cpu")
         x = torch.randn(b, p, md.hidden)  # [b, p, hidden]
-        att = torch.randn(b, md.num_heads, p, md.head_dim)  # [b, heads, p, d]
-        pos = torch.arange(p).unsqueeze(0).expand(b, -1)
         with torch.inference_mode():
-            rope = M.rope_tables(md, pos, torch.float32)
-            fns = []
-            for lw in w.layers:
-                fns += [lambda lw=lw: M.qkv(lw, md, x, pos, rope), lambda lw=lw: M.post(lw, md, x, att)]
-            ts = _alternating_s(fns, lambda: None, 0.6 * n)
+            ts = _alternating_s(layer_walk(md, w.layers, x, torch.float32), lambda: None, 0.6 * n)
         print(f"  over {n:3d} layers ({n * md.layer_weight_bytes() / 1e6:6.0f} MB): "
               f"qkv {statistics.median(ts[0::2]) * 1e3:.3f} ms, post {statistics.median(ts[1::2]) * 1e3:.3f} ms")
         w = None
@@ -61,20 +55,15 @@ def main() -> None:
 def head(md, b: int) -> None:
     """The head alone, then after qkv and post over the model's layers (see the docstring)."""
     from inf2hw import model as M
-    from inf2hw.calibrate_ops import _alternating_s
+    from inf2hw.calibrate_ops import _alternating_s, layer_walk
 
     w = M.init_random(md, dtype=torch.float32, device="cpu")
     x = torch.randn(b, 1, md.hidden)  # [b, 1, hidden]
-    att = torch.randn(b, md.num_heads, 1, md.head_dim)  # [b, heads, 1, d]
-    pos = torch.zeros(b, 1, dtype=torch.long)
     with torch.inference_mode():
-        rope = M.rope_tables(md, pos, torch.float32)
         fn = lambda: M.head(w, x)[:, -1].float().argmax(-1)  # noqa: E731
         alone = _alternating_s([fn], lambda: None, 1.0)[0]
-        fns = [fn]
-        for lw in w.layers:
-            fns += [lambda lw=lw: M.qkv(lw, md, x, pos, rope), lambda lw=lw: M.post(lw, md, x, att)]
-        after = _alternating_s(fns, lambda: None, 0.6 * md.num_layers)[0]
+        after = _alternating_s([fn] + layer_walk(md, w.layers, x, torch.float32), lambda: None,
+                               0.6 * md.num_layers)[0]
     print(f"  head on {b} sequences: alone {alone * 1e3:.2f} ms, after the walk over {md.num_layers} layers "
           f"{after * 1e3:.2f} ms")
 

@@ -70,6 +70,26 @@ def _alternating_s(fns: List[Callable[[], object]], sync: Callable[[], None], bu
     return [float(np.median(t)) for t in ts]
 
 
+def layer_walk(md, layers, x, dt) -> List[Callable[[], object]]:
+    """The calls of a step's walk over `layers` (`model.qkv` then `model.post` of each, on the
+    tokens x [b, p, hidden], positions 0..p-1, a random attention output [b, heads, p, d]),
+    for `_alternating_s`: each call finds the other's and the previous layers' weights in the
+    caches, not its own, as in a step. Call under torch.inference_mode (RoPE tables made here,
+    once, as the engine makes them once per step)."""
+    import torch
+
+    from . import model as M
+
+    b, p = x.shape[:2]
+    att = torch.randn(b, md.num_heads, p, md.head_dim, device=x.device).to(dt)  # [b, heads, p, d]
+    pos = torch.arange(p, device=x.device).unsqueeze(0).expand(b, -1)  # [b, p]
+    rope = M.rope_tables(md, pos, dt)
+    fns: List[Callable[[], object]] = []
+    for lw in layers:
+        fns += [lambda lw=lw: M.qkv(lw, md, x, pos, rope), lambda lw=lw: M.post(lw, md, x, att)]
+    return fns
+
+
 def _shape(tokens: int) -> Tuple[int, int]:
     """[sequences, positions] of `tokens` tokens: a batch of SEQS sequences where it divides."""
     b = SEQS if tokens % SEQS == 0 else 1
@@ -125,15 +145,8 @@ def model_ops(cal: "Calibration", dev: str, names, quick: bool, tick) -> None:
         for t in grid:
             b, p = _shape(t)
             x = torch.randn(b, p, md.hidden, device=dev).to(dt)  # [b, p, hidden]
-            att = torch.randn(b, md.num_heads, p, md.head_dim, device=dev).to(dt)  # [b, heads, p, d]
-            pos = torch.arange(p, device=dev).unsqueeze(0).expand(b, -1)
             with torch.inference_mode():
-                rope = M.rope_tables(md, pos, dt)
-                # layer after layer, qkv then post, as a step runs them: each finds the other's
-                # and the previous layers' weights in the caches, not its own
-                fns = []
-                for lw in w.layers:
-                    fns += [lambda lw=lw: M.qkv(lw, md, x, pos, rope), lambda lw=lw: M.post(lw, md, x, att)]
+                fns = layer_walk(md, w.layers, x, dt)
                 ts = beside(lambda: _alternating_s(fns, sync, budget * n_layers))
             qkv_us.append(work(float(np.median(ts[0::2]))))
             post_us.append(work(float(np.median(ts[1::2]))))
@@ -154,11 +167,7 @@ def model_ops(cal: "Calibration", dev: str, names, quick: bool, tick) -> None:
                 if not gpu:  # after a decode step's walk over the layers, as the engine calls it: alone,
                     # the caches kept the head's matrix between calls (opt-125m: 20.3 against 23.3 ms
                     # after the walk, engine 22.5 ms, on a 480 MiB L3; benchmarks/op_curve_layers.py --head)
-                    att = torch.randn(b, md.num_heads, 1, md.head_dim, device=dev).to(dt)  # [b, heads, 1, d]
-                    pos = torch.zeros(b, 1, dtype=torch.long, device=dev)
-                    rope = M.rope_tables(md, pos, dt)
-                    for lw in w.layers:
-                        fns += [lambda lw=lw: M.qkv(lw, md, x, pos, rope), lambda lw=lw: M.post(lw, md, x, att)]
+                    fns += layer_walk(md, w.layers, x, dt)
                 head_us.append(work(beside(lambda: _alternating_s(fns, sync, budget * max(1, len(fns) // 2))[0])))
         walk = "" if gpu else f", each call after qkv and post over the {n_layers} layers' weights above"
         cal.put_op_curve("head", name, md.dense_flops_per_token("head"), hgrid, head_us,

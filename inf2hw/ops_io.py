@@ -117,6 +117,13 @@ def _kv_out(r, L: int, m: int, k, v):
     return fut
 
 
+def _whole_block(used: int, capacity: int) -> bool:
+    """Whether rows of `capacity` positions of which `used` matter move as one copy of the
+    whole block (at most a quarter of it past `used`: the extra bytes cost less than a copy
+    per row) rather than one copy per row."""
+    return (capacity - used) * 4 <= capacity
+
+
 def _padded(x, capacity: int):
     """GPU rows [n, P, d] -> contiguous [n, capacity, d] with x in positions [0, P) (one
     GPU copy, as .contiguous() would make), so that rows of a pinned [rows, capacity, d]
@@ -124,7 +131,7 @@ def _padded(x, capacity: int):
     store, where the decode steps write them before anything reads them (the prompt's
     store finishes in step 0). Only while they are few (<= capacity / 4); else x itself."""
     n, p, d = x.shape
-    if p == capacity or (capacity - p) * 4 > capacity:
+    if p == capacity or not _whole_block(p, capacity):
         return x.contiguous()
     out = x.new_empty(n, capacity, d)
     out[:, :p].copy_(x)
@@ -246,7 +253,7 @@ def _x_to_gpu(r, L: int, m: int, hist: int):
         r.x_bufs[key] = tuple(torch.empty_like(t, device=r.c.device) for t in srcs)
     out = []
     for dst, src in zip(r.x_bufs[key], srcs):
-        if (src.shape[1] - hist) * 4 <= src.shape[1]:
+        if _whole_block(hist, src.shape[1]):
             dst.copy_(src, non_blocking=True)
         else:
             for i in range(src.shape[0]):

@@ -161,16 +161,22 @@ def test_stamped_pool_spans_are_busy_time_not_queueing():
         pool.shutdown()
 
 
-def test_midpoint_profile_averages_numbers_and_keeps_names():
-    """The bracketing profile: the mean of every number (curves element-wise), AFTER's
-    strings and name lists; a curve measured over other sizes keeps AFTER's."""
+def _validation_script(name: str):
+    """experiments/validation/<name>.py, loaded as a module (the scripts are not a package)."""
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "experiments" / "validation" / "midpoint_profile.py"
-    spec = importlib.util.spec_from_file_location("midpoint_profile", path)
-    mp = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mp)
+    path = Path(__file__).resolve().parents[1] / "experiments" / "validation" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_midpoint_profile_averages_numbers_and_keeps_names():
+    """The bracketing profile: the mean of every number (curves element-wise), AFTER's
+    strings and name lists; a curve measured over other sizes keeps AFTER's."""
+    mp = _validation_script("midpoint_profile")
     before = {"name": "a", "gpu": {"mem_gbps": 6.0, "decode_attention_kib": [1, 2], "decode_attention_us": [10, 20]},
               "cpu": {"cores": 2, "attention_kib": [1, 2], "attention_us": [4, 8]},
               "host": {"core_devices": ["gpu", "cpu"]}, "has_gpu": True}
@@ -187,17 +193,10 @@ def test_midpoint_profile_averages_numbers_and_keeps_names():
 def test_step_compare_times_each_step_from_the_previous_steps_end(tmp_path):
     """step_compare's step durations: a step lasts from the previous step's last end (the
     run's first op for the first) to its own last end, so overlapping steps are not counted twice."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "experiments" / "validation" / "step_compare.py"
-    spec = importlib.util.spec_from_file_location("step_compare", path)
-    sc = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sc)
+    sc = _validation_script("step_compare")
 
     def ev(name, step, ts_ms, dur_ms):
-        return {"name": name, "ph": "X", "ts": ts_ms * 1e3, "dur": dur_ms * 1e3, "pid": 1, "tid": 1,
-                "args": {"step": step}}
+        return Span(name, "DenseCompute", "post", "gpu", step, 0, ts_ms / 1e3, (ts_ms + dur_ms) / 1e3)
 
     evs = [ev("s0.a", 0, 5, 10), ev("s0.b", 0, 8, 20), ev("s1.a", 1, 20, 4), ev("s1.b", 1, 26, 9)]
     assert sc.step_durations_ms(evs) == {0: 23.0, 1: 7.0}  # 5 -> 28, then 28 -> 35
