@@ -21,7 +21,10 @@ Conventions, shared by every caller:
   over those keys (``-inf`` and ``out = 0`` when no key was visible). Partials over
   disjoint key sets merge exactly with `merge_partials`.
 * Arithmetic is fp32 whatever the input dtype (fp16 K/V from disk are upcast), so
-  a CSD, the host and the GPU agree to fp32 rounding.
+  a CSD, the host and the GPU agree to fp32 rounding. One exception: on a CUDA GPU, fp16
+  or bf16 attention without a mask (decode) runs FlashAttention's fused kernel
+  (`_fused_partial`: fp32 accumulation, the probabilities in the input dtype), which
+  agrees to fp16 rounding; the reference model (`attend_heads`) keeps the fp32 path.
 """
 from __future__ import annotations
 
@@ -97,6 +100,27 @@ def causal_mask(q_len: int, ctx: int, q_start: Optional[int] = None, device=None
     return torch.arange(ctx, device=device).unsqueeze(0) <= qpos  # [q_len, ctx]
 
 
+def _fused_ok(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Whether `_fused_partial` takes these inputs: CUDA, fp16 / bf16 throughout, a head
+    dim FlashAttention supports, at least one key, a GPU of compute capability 8.0 or later."""
+    d = q.shape[-1]
+    return (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and k.dtype == q.dtype and d % 8 == 0
+            and d <= 256 and k.shape[1] > 0 and torch.cuda.get_device_capability(q.device)[0] >= 8)
+
+
+def _fused_partial(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Partial:
+    """Unmasked attention in one FlashAttention launch, with its log-sum-exp (natural log of
+    the scaled scores, as here): a row is one head whose group * q_len queries all see
+    every key. q [rows, group, q_len, d], k, v [rows, ctx, d] in fp16 / bf16 on a CUDA GPU.
+    The materialised path launches ~17 kernels (fp32 copies of K and V, scores, softmax);
+    issuing them held the engine's thread 0.7-1.5 ms a call, longer than the GPU took
+    (qwen2.5-32b-4l's X-cache rows on the H100: benchmarks/issue_profile.py)."""
+    rows, g, t, d = q.shape
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention(
+        q.reshape(rows, 1, g * t, d), k.unsqueeze(1), v.unsqueeze(1), scale=1.0 / math.sqrt(d))[:2]
+    return out.reshape(rows, g, t, d).float(), lse.reshape(rows, g, t)  # out [rows, 1, g*t, d] in q's dtype
+
+
 def attend_partial(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -104,17 +128,21 @@ def attend_partial(
     mask_len: Optional[int] = None,
     causal: bool = False,
     q_start: Optional[int] = None,
+    fused: bool = True,
 ) -> Partial:
     """Softmax attention of unscaled q over one block of keys.
 
     q [rows, group, q_len, d]; k, v [rows, ctx, d]. `mask_len`: only the first
     `mask_len` keys are real (a preallocated cache); None means all. `causal`:
     query i sees key j only if j <= q_start + i (see `causal_mask`; for a sequence
-    split of a prefill pass the block's offset through `q_start`). Returns
+    split of a prefill pass the block's offset through `q_start`). `fused`: without a
+    mask, run FlashAttention's kernel where it applies (`_fused_ok`). Returns
     (out fp32 [rows, group, q_len, d], lse fp32 [rows, group, q_len]).
     """
     if mask_len is not None:
         k, v = k[:, :mask_len], v[:, :mask_len]
+    if fused and not causal and _fused_ok(q, k):
+        return _fused_partial(q, k, v)
     s = _scores(q, k)  # [rows, group, q_len, ctx]
     if causal:
         vis = causal_mask(q.shape[2], k.shape[1], q_start, device=s.device)
@@ -207,7 +235,7 @@ def attend_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool
     out fp32 [batch, heads, q_len, d]. Causal puts queries on the last q_len keys.
     """
     b, kvh = k.shape[:2]
-    out, _ = attend_partial(q_to_rows(q, kvh), kv_to_rows(k), kv_to_rows(v), causal=causal)
+    out, _ = attend_partial(q_to_rows(q, kvh), kv_to_rows(k), kv_to_rows(v), causal=causal, fused=False)
     return rows_to_heads(out, b)
 
 

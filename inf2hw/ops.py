@@ -330,10 +330,16 @@ class OpRunner:
             by_rows.setdefault((r0, r1), []).append((out, lse))
         # gathered on the compute device: the cooperative rows never leave the GPU, the host's
         # and the CSDs' rows cross once (each row range's partials are merged where they are)
-        rows = torch.zeros(mb * kvh, g, 1, d, dtype=torch.float32, device=self.c.device)
-        for (r0, r1), ps in by_rows.items():
-            out, _ = ps[0] if len(ps) == 1 else A.merge_partials(ps)
-            rows[r0:r1] = out.reshape(r1 - r0, g, 1, d).to(self.c.device, torch.float32)
+        merged = {rr: (ps[0] if len(ps) == 1 else A.merge_partials(ps))[0].reshape(rr[1] - rr[0], g, 1, d)
+                  for rr, ps in sorted(by_rows.items())}
+        ranges = list(merged)
+        if ranges[0][0] == 0 and ranges[-1][1] == mb * kvh and all(a[1] == b[0] for a, b in zip(ranges, ranges[1:])):
+            # ranges that tile the rows (ANS: one per CSD, the X-cache's): one concatenation
+            rows = torch.cat([o.to(self.c.device, torch.float32) for o in merged.values()])
+        else:
+            rows = torch.zeros(mb * kvh, g, 1, d, dtype=torch.float32, device=self.c.device)
+            for (r0, r1), out in merged.items():
+                rows[r0:r1] = out.to(self.c.device, torch.float32)
         return A.rows_to_heads(rows, mb).to(self.c.compute_dtype)
 
     # -------------------------------------------------------------- attention
@@ -371,7 +377,7 @@ class OpRunner:
             return self._attend_drives(L, m, qr, kn, vn)
         K, V = self.c.host_kv.read(L, m, ctx)
         out, lse = host_attention(qr, K, V, ws=self.attn_ws)
-        self.parts.setdefault((L, m), []).append(("rows", 0, qr.shape[0], out, lse))
+        self._host_rows(L, m, [(0, qr.shape[0], out, lse)])
 
     def _attend_drives(self, L: int, m: int, qr: torch.Tensor, kn: torch.Tensor, vn: torch.Tensor) -> None:
         """FlexGen-style attention over the drives' history (staged by the kvr reads): each
@@ -381,6 +387,7 @@ class OpRunner:
         kn, vn [rows, 1, d] as the tail of one softmax (fp16 / bf16: written into the buffer's
         next slot and attended by the fused flash kernel); each drive's buffer goes back to its pool."""
         disk = self.c.disk_kv
+        got = []
         for i in range(len(disk.dirs)):
             views, rbuf = self.staged.pop(("kvr", i, L, m))
             lo, hi = disk.slices[i]
@@ -389,7 +396,25 @@ class OpRunner:
                 continue
             out, lse = attend_drive_buffer(qr[lo:hi], rbuf, views[0].shape[1], kn[lo:hi], vn[lo:hi], self.attn_ws)
             disk.release(i, rbuf)
-            self.parts.setdefault((L, m), []).append(("rows", lo, hi, out, lse))
+            got.append((lo, hi, out, lse))
+        self._host_rows(L, m, got)
+
+    def _host_rows(self, L: int, m: int, got: List[tuple]) -> None:
+        """Partials (lo, hi, out, lse) the host computed for (L, m), in row order, -> `parts`.
+        On a GPU, one part of the contiguous rows they cover, made here in pinned memory (on
+        the CPU thread that attended), so that o_h2d only issues two asynchronous copies: its
+        staging on the engine thread, one pinned copy per tensor per drive, was inside its span
+        (0.9 ms a call against the DES's 0.03 ms, opt-13b-4l flexgen_ssd on the H100,
+        benchmarks/issue_profile.py)."""
+        if not self.cuda or not got:
+            self.parts.setdefault((L, m), []).extend(("rows", *g) for g in got)
+            return
+        pinned = []
+        for j in (2, 3):  # out [rows, G, 1, d], lse [rows, G, 1]
+            first = got[0][j]
+            buf = torch.empty((got[-1][1] - got[0][0], *first.shape[1:]), dtype=first.dtype, pin_memory=True)
+            pinned.append(torch.cat([g[j] for g in got], out=buf))
+        self.parts.setdefault((L, m), []).append(("rows", got[0][0], got[-1][1], *pinned))
 
     def _tail_scores(self, op: Attention):
         L, m = op.layer, op.mb

@@ -260,7 +260,7 @@ def _make_csds(spec: RunSpec, builder, opts: EngineOptions, dirs: List[str], dty
             bdf, mount = opts.smartssd[i]
             out.append(smartssd.SmartSsdCsd(cfg, bdf, mount, opts.xclbin, pyxrt_module=emu))
         else:
-            out.append(EmulatedCsd(cfg, compute_threads=threads))
+            out.append(EmulatedCsd(cfg, compute_threads=threads, pin_results=opts.device.startswith("cuda")))
     return out
 
 

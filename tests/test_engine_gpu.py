@@ -83,6 +83,26 @@ def test_reference_prefill_attention_matches_exact_attention():
     assert (fused - exact).abs().max() < 2e-3
 
 
+@pytest.mark.parametrize("group, q_len, ctx", [(1, 1, 513), (5, 1, 1537), (4, 3, 40)])
+def test_fused_decode_partial_matches_fp32_partial(group, q_len, ctx):
+    """attend_partial's FlashAttention path (fp16 on a GPU, no mask) gives the fp32 path's
+    out and natural-log lse to fp16 rounding, and merges with another block's partial."""
+    from inf2hw import attention as A
+
+    g = torch.Generator(device="cuda").manual_seed(1)
+    q = torch.randn(64, group, q_len, 128, device="cuda", generator=g, dtype=torch.float16)
+    k, v = (torch.randn(64, ctx, 128, device="cuda", generator=g, dtype=torch.float16) for _ in range(2))
+    assert A._fused_ok(q, k)
+    out, lse = A.attend_partial(q, k, v)
+    ref_out, ref_lse = A.attend_partial(q, k, v, fused=False)
+    assert out.dtype == lse.dtype == torch.float32 and out.shape == ref_out.shape and lse.shape == ref_lse.shape
+    assert (out - ref_out).abs().max() < 2e-3 and (lse - ref_lse).abs().max() < 1e-3
+    half = ctx // 2  # two key blocks merged = the whole
+    merged, mlse = A.merge_partials([A.attend_partial(q, k[:, :half], v[:, :half]),
+                                     A.attend_partial(q, k[:, half:], v[:, half:])])
+    assert (merged - ref_out).abs().max() < 2e-3 and (mlse - ref_lse).abs().max() < 1e-3
+
+
 def test_streamed_weights_use_two_gpu_slots(tmp_path):
     """Weights stream layer by layer into two GPU buffers: GPU memory does not grow with depth."""
     r = _spec("opt-125m", "flexgen_dram", {})

@@ -151,11 +151,13 @@ class EmulatedCsd:
     """One emulated CSD (see the module docstring); implements `inf2hw.csd.base.Csd`."""
 
     def __init__(self, cfg: CsdConfig, *, compute_threads: int = 1, arena_mib: float = 256.0,
-                 start_timeout_s: float = 120.0):
+                 start_timeout_s: float = 120.0, pin_results: bool = False):
         """compute_threads: torch threads of the worker's I/O and compute threads (the engine
-        gives each CSD its share of the cores, `inf2hw.run.csd_threads_for`)."""
+        gives each CSD its share of the cores, `inf2hw.run.csd_threads_for`). pin_results:
+        fetched results are copied out of the shared arena into pinned memory (an engine on a
+        GPU: its o_h2d then only issues asynchronous copies), else into pageable memory."""
         check_config(cfg)
-        self.index, self.cfg = cfg.index, cfg
+        self.index, self.cfg, self.pin_results = cfg.index, cfg, pin_results
         self.geom = g = KvGeometry.from_config(cfg)
         self._dtype = TORCH_DTYPE[cfg.dtype]
         created = not os.path.isdir(cfg.directory)
@@ -398,8 +400,8 @@ class EmulatedCsd:
         result = None
         if slots is not None and err is None:
             up = self._st.arenas[1]
-            result = (tensor_at(up, slots[0], torch.float32, slots[1]).clone(),
-                      tensor_at(up, slots[2], torch.float32, slots[3]).clone())
+            views = (tensor_at(up, slots[0], torch.float32, slots[1]), tensor_at(up, slots[2], torch.float32, slots[3]))
+            result = tuple(torch.empty(t.shape, dtype=t.dtype, pin_memory=self.pin_results).copy_(t) for t in views)
         for ring, span in spans:
             ring.free(span)
         self._done[seq] = (result, start_s, end_s, err)
