@@ -200,3 +200,30 @@ def test_step_compare_times_each_step_from_the_previous_steps_end(tmp_path):
 
     evs = [ev("s0.a", 0, 5, 10), ev("s0.b", 0, 8, 20), ev("s1.a", 1, 20, 4), ev("s1.b", 1, 26, 9)]
     assert sc.step_durations_ms(evs) == {0: 23.0, 1: 7.0}  # 5 -> 28, then 28 -> 35
+
+
+def test_op_medians_by_layer_splits_a_tag_per_layer(tmp_path, capsys):
+    """op_medians --layers: one line per layer of a tag, each with its own measured and
+    simulated medians and their ratio; without it, one line over every layer."""
+    from inf2sim.metrics import write_chrome_trace
+
+    om = _validation_script("op_medians")
+
+    def spans(ms_by_layer):
+        return [Span(f"s{st}.L{L}.m0.attn.gpu", "Attention", "attn_out", "gpu", st, L, st, st + ms / 1e3)
+                for st in (1, 2, 3) for L, ms in ms_by_layer.items()]
+
+    cfg = tmp_path / "cfg"
+    for side, ms in (("emu", {0: 0.4, 1: 1.5}), ("sim", {0: 0.6, 1: 0.6})):
+        (cfg / side).mkdir(parents=True)
+        write_chrome_trace(spans(ms), cfg / side / "trace.json")
+    for extra, want in ((["--layers"], {"attn.gpu L0": (0.4, 0.6, 1.5), "attn.gpu L1": (1.5, 0.6, 0.4)}),
+                        ([], {"attn.gpu": (0.95, 0.6, 0.95)})):
+        sys.argv = ["op_medians.py", str(tmp_path), "--tags", "attn.gpu", *extra]
+        om.main()
+        lines = [ln for ln in capsys.readouterr().out.splitlines()[1:] if ln.strip()]
+        assert len(lines) == len(want)
+        for ln in lines:
+            f = ln.split()  # cfg, label..., n, median [p10, p90] measured, the same simulated, ratio
+            label, meas, sim, ratio = " ".join(f[1:-8]), float(f[-7]), float(f[-4]), float(f[-1])
+            assert label in want and (meas, sim, ratio) == pytest.approx(want[label], abs=1e-3), ln

@@ -9,7 +9,8 @@ The per-kind table of `run.py` averages over every op of a kind. This prints one
 median, p10 and p90 in ms, and, where the directory has a simulated trace (`sim/trace.json`,
 written by `run.py` or `run.py --resim`), the same for the DES and the median of sim/meas
 per op. An op tag is the last part of an op name (`s5.L0.m0.q_d2h` -> `q_d2h`). `--steps`
-picks the prompt (step 0), the decode steps, or all.
+picks the prompt (step 0), the decode steps, or all; `--layers` prints a line per layer
+(`L-1` for the embedding and the head).
 
 The source is a `run.py --tar` archive (measured traces only) or a `--work` directory.
 """
@@ -61,6 +62,7 @@ def main() -> None:
     ap.add_argument("--configs", default="", help="comma-separated config dirs (default: all)")
     ap.add_argument("--tags", default="q_d2h,o_h2d,attn")
     ap.add_argument("--steps", default="decode", choices=["prefill", "decode", "all"])
+    ap.add_argument("--layers", action="store_true", help="one line per layer")
     a = ap.parse_args()
     runs = _load(Path(a.source))
     want = set(a.configs.split(",")) if a.configs else set(runs)
@@ -72,15 +74,21 @@ def main() -> None:
         for tag in a.tags.split(","):
             names = [n for n in emu if n.endswith("." + tag)
                      and (a.steps == "all" or (n.startswith("s0.") == (a.steps == "prefill")))]
-            if not names:
-                continue
-            meas = [emu[n] for n in names]
-            line = f"{cfg:34s} {tag:8s} {len(names):4d}  {_fmt(meas):32s}"
-            both: Optional[list] = [n for n in names if sim and n in sim] if sim else None
-            if both:
-                line += f"  {_fmt([sim[n] for n in both]):32s}  " \
-                        f"{statistics.median(sim[n] / emu[n] for n in both if emu[n] > 0):.2f}"
-            print(line)
+            groups: Dict[str, list] = {}
+            for n in names:
+                groups.setdefault(n.split(".")[1] if a.layers else "", []).append(n)
+            for layer in sorted(groups, key=lambda g: int(g[1:]) if g else 0):
+                _line(cfg, f"{tag} {layer}".strip(), groups[layer], emu, sim)
+
+
+def _line(cfg: str, label: str, names: list, emu: Dict[str, float], sim: Optional[Dict[str, float]]) -> None:
+    meas = [emu[n] for n in names]
+    line = f"{cfg:34s} {label:8s} {len(names):4d}  {_fmt(meas):32s}"
+    both: Optional[list] = [n for n in names if n in sim] if sim else None
+    if both:
+        line += f"  {_fmt([sim[n] for n in both]):32s}  " \
+                f"{statistics.median(sim[n] / emu[n] for n in both if emu[n] > 0):.2f}"
+    print(line)
 
 
 if __name__ == "__main__":
