@@ -13,7 +13,8 @@ CPU in the storage dtype; dense compute runs on `device` in the compute dtype.
 GPU (device=cuda). Dense work and GPU attention are enqueued on the compute stream
 (the runner's own, current on the engine thread for the run) and return at once; streamed
 weights go host (pinned) -> one of two GPU weight slots on the copy stream, as do the
-attention results made off the GPU (`o_h2d`, staged pinned); cooperative X loads host (pinned) -> one of
+attention results made off the GPU (`o_h2d`; the host's attention and the CSDs' fetches make them
+in pinned memory); cooperative X loads host (pinned) -> one of
 `X_RING` GPU buffers per micro-batch on the X stream. `stream_for(op)` tells the
 engine which stream an op's kernels go to; the engine orders streams by events
 (see `inf2hw.engine`), so no op waits for the whole device. The host waits for the
@@ -205,9 +206,10 @@ class OpRunner:
 
     def parts_to_device(self, L: int, m: int) -> None:
         """o_h2d: the attention results of (L, m) computed off the GPU (host attention, CSD
-        fetches) onto it, in their own dtype, so that `post` only computes: staged in pinned
-        memory (a host copy of a few hundred KB) and copied asynchronously on the weights'
-        copy stream (the op's stream, `stream_for`), which `post` waits for. Its span starts
+        fetches) onto it, in their own dtype, so that `post` only computes: copied
+        asynchronously from pinned memory (where `_host_rows` and the emulated CSDs' fetches
+        made them; anything else is staged there first) on the weights' copy stream (the
+        op's stream, `stream_for`), which `post` waits for. Its span starts
         when the copy stream reaches it, as the DES's does when the copy engine takes it (a
         synchronous pageable copy held the engine's thread, and its span, behind the next
         layer's weights: 13-14 ms where the copy takes 0.03 ms, qwen2.5-32b-4l on the H100,
