@@ -47,6 +47,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="extra key=value override")
     ap.add_argument("--out", default="")
     ap.add_argument("--work", default="")
+    ap.add_argument("--tar", default="", help="also pack every engine run's trace and metrics, and the DES's "
+                                              "traces of both policies, into this .tgz")
     a = ap.parse_args()
 
     from inf2hw.loop import pin_threads
@@ -75,8 +77,8 @@ def main() -> None:
              progress=True, min_gain=min_gain)
     spec1 = replace(r.spec, sim=spec0.sim)
     print(f"tuned in {time.time() - t0:.0f} s: {r.overlay() or '(start is best)'}", flush=True)
-    sim = {k: simulate_spec(replace(s, sim=replace(s.sim, trace=False))).throughput["total_tok_s"]
-           for k, s in (("default", spec0), ("tuned", spec1))}
+    sim = {k: simulate_spec(replace(s, sim=replace(s.sim, trace=bool(a.tar))), str(work / k / "sim") if a.tar else None)
+           .throughput["total_tok_s"] for k, s in (("default", spec0), ("tuned", spec1))}
     meas, runs = {}, {"default": [], "tuned": []}
     specs = (("default", spec0), ("tuned", spec1))
     opts = {k: EngineOptions(device=a.device, dtype=a.dtype, csd_dirs=(str(work / k / "kv"),), direct_io=a.direct_io)
@@ -112,6 +114,12 @@ def main() -> None:
                                                "measured_speedup": real, "ok": ok, "tune": r.to_dict()},
                                               indent=2, default=str))
     print("\n".join(lines))
+    if a.tar:
+        import tarfile
+
+        with tarfile.open(a.tar, "w:gz") as tf:
+            for p in sorted(work.glob("*/run*/*.json")) + sorted(work.glob("*/sim/trace.json")):
+                tf.add(p, arcname=str(p.relative_to(work)))
 
 
 if __name__ == "__main__":
