@@ -29,6 +29,9 @@ How ops map onto the model
   such moves over all drives are in service (0: no limit): the engine's drive I/O pool.
 - Likewise a copy into (out of) the GPU waits while `hw.gpu.copy_engines` copies in that
   direction are in service (0: no limit, concurrent copies share the link's bandwidth).
+  A copy of no bytes (o_h2d when every row attended on the GPU) issues no DMA and waits for
+  no copy engine; one into the GPU still ends after the weight copies sent before it (the
+  engine records it on the weights' copy stream).
 - Moves waiting at one of these gates start in the engine's issue order, not in the order
   they became ready here: earlier steps first (the engine issues a step's ops before the
   next step begins, spills included), then by the time the engine sends them, then
@@ -131,6 +134,10 @@ class DesBackend:
         self._queues: Dict[tuple, str] = {}
         self._drive_io_threads = hw.ssd.io_threads
         self._copy_engines = hw.gpu.copy_engines
+        # with copy engines: weight copies into the GPU sent and not done (name -> issue key), and
+        # copies of no bytes into the GPU waiting for the ones sent before them (name -> [op, names])
+        self._weights_h2d: Dict[str, tuple] = {}
+        self._behind_weights: Dict[str, list] = {}
         self._kv_active = 0  # decode KV transfers in flight; their union in time is kv_io_s
         self._kv_since_s = 0.0
         self._kv_io_s = 0.0
@@ -289,7 +296,9 @@ class DesBackend:
                     return self._gate_of(end, self._io_threads)
         if self._drive_io_threads > 0 and "ssd" in (storage_of(src), storage_of(dst)):
             return self._gate_of("ssd.io", self._drive_io_threads)
-        if self._copy_engines > 0 and (src == "gpu") != (dst == "gpu"):
+        if self._copy_engines > 0 and (src == "gpu") != (dst == "gpu") and op.nbytes > 0:  # type: ignore[attr-defined]
+            # (a copy of no bytes, e.g. o_h2d when every row attended on the GPU, issues no
+            # DMA: the engine's stream records its events without waiting for a copy engine)
             return self._gate_of("gpu.h2d" if dst == "gpu" else "gpu.d2h", self._copy_engines)
         return None
 
@@ -336,10 +345,15 @@ class DesBackend:
             sent = self._send_s(op)
             self._times[op.name] = [sent, None, self._queue_of(op)]
         if isinstance(op, _MOVES):
+            key = (op.step, sent, issue_class(op), self._pending[op.name][2])  # the engine's issue order
+            if self._copy_engines > 0 and op.dst == "gpu" and op.src != "gpu":  # type: ignore[attr-defined]
+                if op.what == "weights":
+                    self._weights_h2d[op.name] = key
+                elif op.nbytes <= 0 and self._behind(op, key):  # type: ignore[attr-defined]
+                    return
             gate = self._flash_gate(op)
             if gate is not None:
                 if gate[0] >= gate[1]:
-                    key = (op.step, sent, issue_class(op), self._pending[op.name][2])  # the engine's issue order
                     heapq.heappush(gate[2], (key, op))
                     return
                 gate[0] += 1
@@ -357,6 +371,15 @@ class DesBackend:
                 elif self._dma_share is not None and op.device == "cpu":  # type: ignore[attr-defined]
                     dev.cores = self._dma_share
             dev.submit(op, self._computed)
+
+    def _behind(self, op: Op, key: tuple) -> bool:
+        """A copy of no bytes into the GPU (o_h2d when every row attended there) issues no DMA,
+        so it takes no place at a copy engine; but the engine records it on the weights' copy
+        stream, so it ends after the weight copies sent before it. True if it waits for some."""
+        wait = {n for n, k in self._weights_h2d.items() if k < key}
+        if wait:
+            self._behind_weights[op.name] = [op, wait]
+        return bool(wait)
 
     def _start_move(self, op: Op) -> None:
         """Start a Transfer or Spill on its flow now (0 s if both ends are one node)."""
@@ -396,6 +419,12 @@ class DesBackend:
                 self._spans.append(Span(op.name, type(op).__name__, op.what, r[1], op.step, op.layer, start_s,
                                         self.env.now, op.nbytes))  # type: ignore[attr-defined]
         self._completed(op)  # first: what it releases reaches its gate now, as it was sent before (module docstring)
+        if self._weights_h2d.pop(op.name, None) is not None:
+            for name, (waiting, wait) in list(self._behind_weights.items()):
+                wait.discard(op.name)
+                if not wait:
+                    del self._behind_weights[name]
+                    self._start_move(waiting)
         gate = self._flash_gate(op)
         if gate is not None:
             gate[0] -= 1
