@@ -11,7 +11,8 @@ Steps: tune the default `inf2` policy on the profile (`inf2sim.tune.tune`, analy
 of --repeat runs each, the two policies alternating so that drift hits both alike, as `inf2 validate`
 compares; measured speedup likewise). Passes when measured / predicted
 speedup is within 1 +- 0.10. Writes results/<hardware>/tune.md and tune.json beside the
-validation table. Bytes are in the engine's dtype for the tuner and the DES alike
+validation table. `--resim <tune.json>` runs no engine and no tuner: it simulates the default
+and that file's overlay again (after a change to the model) against the speedup it measured. Bytes are in the engine's dtype for the tuner and the DES alike
 (`inf2hw.validate.engine_spec`).
 """
 from __future__ import annotations
@@ -46,11 +47,14 @@ def main() -> None:
                     help="the tuner's minimum DES-predicted gain to leave the start (default: inf2sim.tune.MIN_GAIN)")
     ap.add_argument("--set", action="append", default=[], help="extra key=value override")
     ap.add_argument("--out", default="")
+    ap.add_argument("--resim", default="", help="a tune.json: re-predict its overlay's speedup, run nothing")
     ap.add_argument("--work", default="")
     ap.add_argument("--tar", default="", help="also pack every engine run's trace and metrics, and the DES's "
                                               "traces of both policies, into this .tgz")
     a = ap.parse_args()
 
+    if a.resim:
+        return resim(a)
     from inf2hw.loop import pin_threads
 
     probe = build_spec(a.model, 128, "ans", a.hardware, 4, 4, {})
@@ -120,6 +124,25 @@ def main() -> None:
         with tarfile.open(a.tar, "w:gz") as tf:
             for p in sorted(work.glob("*/run*/*.json")) + sorted(work.glob("*/sim/trace.json")):
                 tf.add(p, arcname=str(p.relative_to(work)))
+
+
+def resim(a) -> None:
+    """The recorded check's overlay simulated again with this tree's model, against its measured speedup."""
+    from inf2hw.validate import engine_spec
+    from inf2sim.simulate import simulate_spec
+
+    rec = json.loads(Path(a.resim).read_text())
+    extra = dict(kv.split("=", 1) for kv in a.set)
+    tuned = dict(extra, **dict(kv.split("=", 1) for kv in (rec["overlay"] or "").split()))
+    sim = {k: simulate_spec(engine_spec(build_spec(a.model, a.prompt, "inf2", a.hardware, a.batch, a.gen, e), a.dtype))
+           .throughput["total_tok_s"] for k, e in (("default", extra), ("tuned", tuned))}
+    pred, real = sim["tuned"] / sim["default"], rec["measured_speedup"]
+    for k in ("default", "tuned"):
+        print(f"{k}: simulated {sim[k]:.3f} tok/s (recorded: simulated {rec['simulated'][k]:.3f}, "
+              f"measured {rec['measured'][k]:.3f})")
+    print(f"overlay `{rec['overlay'] or '(none)'}`: predicted {pred:.3f}x (recorded {rec['predicted_speedup']:.3f}x), "
+          f"measured {real:.3f}x: measured / predicted = {real / pred:.3f} "
+          f"({'within' if abs(real / pred - 1) <= 0.10 else 'outside'} 1 +- 0.10)")
 
 
 if __name__ == "__main__":
