@@ -286,6 +286,24 @@ def test_gpu_copy_engines_serve_one_direction_in_order(engines, want):
     assert times(got + be.finish()) == want
 
 
+@pytest.mark.parametrize("weights_first", [True, False])
+def test_an_empty_copy_into_the_gpu_waits_for_earlier_weight_copies_not_the_copy_engine(weights_first):
+    """o_h2d when every row attended on the GPU moves no bytes: it takes no copy-engine slot
+    (it does not wait behind the X load queued there), but, recorded on the weights' copy
+    stream, it ends after the weight copy sent before it (1 GB at 1 GB/s); with no weight
+    copy in flight it ends at once."""
+    from dataclasses import replace
+
+    def move(name, what, nbytes):
+        return Transfer(name, (), 0, 0, 0, what, src="dram", dst="gpu", nbytes=nbytes)
+
+    be = DesBackend(replace(TINY, gpu=replace(TINY.gpu, copy_engines=1)))
+    ops = [move("w", "weights", GB)] if weights_first else []
+    ops += [move("x", "x", GB // 2), move("o", "attn_out", 0)]
+    want = {"w": (0.0, 1.0), "x": (1.0, 1.5), "o": (1.0, 1.0)} if weights_first else {"x": (0.0, 0.5), "o": (0.0, 0.0)}
+    assert times(be.execute(step(0, *ops)) + be.finish()) == want
+
+
 @pytest.mark.parametrize("io_threads, want", [(0, {"r0": (0.0, 1.0), "r1": (0.0, 1.0)}),
                                                (1, {"r0": (0.0, 1.0), "r1": (1.0, 2.0)})])
 def test_drive_io_threads_serve_moves_over_all_drives_in_order(io_threads, want):
