@@ -5,8 +5,8 @@
 An op on a CUDA stream has the span of the CUDA events recorded around it: when its
 stream was idle before the host issued it, the span is the host's time to issue its
 kernels, not the GPU's time to run them (qwen2.5-32b-4l's X-cache `attn.gpu` on the
-H100: 0.38 ms in layer 0, whose kernels queue behind the X load, 1.3-1.5 ms in layers
-1-3, h100_s11e). This runs `--model` (batch 32, `--gen` tokens) through
+H100: 0.39 ms in layer 0, whose kernels queue behind the X load, 1.3-1.5 ms in layers
+1-3, h100_s11e: `op_medians.py --layers`). This runs `--model` (batch 32, `--gen` tokens) through
 `inf2hw.run.run_engine` twice with `inf2hw.ops.OpRunner.start` wrapped:
 1. plain: per op tag, over the decode steps, the median host time to issue (perf_counter
    around `start`) and the median span;
@@ -30,12 +30,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments" / "validation"))
 
 
-def _children(ev, acc: dict, depth: int) -> None:
-    """Sum host time (us) of ev's direct children by name; recurse `depth` levels below with a prefix."""
+def _children(ev, acc: dict) -> None:
+    """Add the host time (us) of ev's direct calls to acc, by name."""
     for c in ev.cpu_children:
         acc[c.name] += c.cpu_time_total
-        if depth > 0:
-            _children(c, acc, depth - 1)
 
 
 def main() -> None:
@@ -101,7 +99,7 @@ def main() -> None:
         raise SystemExit(f"issue_profile: no '{a.tag}' op in the decode steps")
     acc = defaultdict(float)
     for e in evs:
-        _children(e, acc, 0)
+        _children(e, acc)
     n = len(evs)
     total = statistics.median(e.cpu_time_total for e in evs) / 1e3
     print(f"\nunder torch.profiler: {n} '{a.tag}' ops, host time per op median {total:.3f} ms; "

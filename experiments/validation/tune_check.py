@@ -12,8 +12,8 @@ of --repeat runs each, the two policies alternating so that drift hits both alik
 compares; measured speedup likewise). Passes when measured / predicted
 speedup is within 1 +- 0.10. Writes results/<hardware>/tune.md and tune.json beside the
 validation table. `--resim <tune.json>` runs no engine and no tuner: it simulates the default
-and that file's overlay again (after a change to the model) against the speedup it measured. Bytes are in the engine's dtype for the tuner and the DES alike
-(`inf2hw.validate.engine_spec`).
+and that file's overlay again (after a change to the model) against the speedup it measured.
+Bytes are in the engine's dtype for the tuner and the DES alike (`inf2hw.validate.engine_spec`).
 """
 from __future__ import annotations
 
