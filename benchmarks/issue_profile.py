@@ -7,7 +7,7 @@ stream was idle before the host issued it, the span is the host's time to issue 
 kernels, not the GPU's time to run them (qwen2.5-32b-4l's X-cache `attn.gpu` on the
 H100: 0.39 ms in layer 0, whose kernels queue behind the X load, 1.3-1.5 ms in layers
 1-3, h100_s11e: `op_medians.py --layers`). This runs `--model` (batch 32, `--gen` tokens) through
-`inf2hw.run.run_engine` twice with `inf2hw.ops.OpRunner.start` wrapped:
+`inf2hw.run.run_engine` three times with `inf2hw.ops.OpRunner.start` wrapped (a warm-up, then):
 1. plain: per op tag, over the decode steps, the median host time to issue (perf_counter
    around `start`) and the median span;
 2. under `torch.profiler` (CPU and CUDA activities): for `--tag` (default attn.gpu), the

@@ -30,6 +30,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import ROOT, build_spec, cache_weights  # noqa: E402
 
+BOUND = 0.10  # the issue's: measured / predicted speedup within 1 +- BOUND
+
+
+def verdict(real: float, pred: float) -> str:
+    """'within' or 'outside' 1 +- BOUND, for measured / predicted speedup."""
+    return "within" if abs(real / pred - 1) <= BOUND else "outside"
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -98,7 +105,7 @@ def main() -> None:
         print(f"{k}: simulated {sim[k]:.3f} tok/s, measured {meas[k]:.3f} (runs {[round(x, 3) for x in runs[k]]})",
               flush=True)
     pred, real = sim["tuned"] / sim["default"], meas["tuned"] / meas["default"]
-    ok = abs(real / pred - 1) <= 0.10
+    ok = verdict(real, pred) == "within"
     cmd = "python " + " ".join([str(Path(sys.argv[0]).resolve().relative_to(ROOT))] + sys.argv[1:])
     lines = [f"# Tune-then-validate on `{hw_name}`", "",
              f"Command: `{cmd}`  ", f"Date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}  ",
@@ -111,7 +118,7 @@ def main() -> None:
     for k in ("default", "tuned"):
         lines.append(f"| {k} | {sim[k]:.3f} | {meas[k]:.3f} | {100 * (sim[k] / meas[k] - 1):+.1f} % |")
     lines += ["", f"Predicted speedup {pred:.3f}x, measured {real:.3f}x: measured / predicted = {real / pred:.3f} "
-              f"({'within' if ok else 'outside'} 1 +- 0.10).", ""]
+              f"({verdict(real, pred)} 1 +- {BOUND:.2f}).", ""]
     (out / "tune.md").write_text("\n".join(lines))
     (out / "tune.json").write_text(json.dumps({"command": cmd, "overlay": r.overlay(), "simulated": sim,
                                                "measured": meas, "predicted_speedup": pred,
@@ -142,7 +149,7 @@ def resim(a) -> None:
               f"measured {rec['measured'][k]:.3f})")
     print(f"overlay `{rec['overlay'] or '(none)'}`: predicted {pred:.3f}x (recorded {rec['predicted_speedup']:.3f}x), "
           f"measured {real:.3f}x: measured / predicted = {real / pred:.3f} "
-          f"({'within' if abs(real / pred - 1) <= 0.10 else 'outside'} 1 +- 0.10)")
+          f"({verdict(real, pred)} 1 +- {BOUND:.2f})")
 
 
 if __name__ == "__main__":
